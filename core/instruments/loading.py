@@ -53,15 +53,19 @@ class _Reader:
 
     def instrument(self, raw: _Table, thresholds: Mapping[str, int]) -> Instrument:
         instrument_id = self.text(raw, "id", "the instrument")
+        version = self.text(raw, "version", "the instrument")
+        name = self.texts(raw, "name", "the instrument")
+        timeframe = self.texts(raw, "timeframe", "the instrument")
+        stem = self.texts(raw, "stem", "the instrument")
         scoring = self.scoring(self.table(raw, "scoring", "the instrument"))
         shared = self.options(raw.get("options"), scoring, "the instrument", required=False)
         items = self.items(raw, scoring, shared)
         instrument = Instrument(
             id=instrument_id,
-            version=self.text(raw, "version", "the instrument"),
-            name=self.texts(raw, "name", "the instrument"),
-            timeframe=self.texts(raw, "timeframe", "the instrument"),
-            stem=self.texts(raw, "stem", "the instrument"),
+            version=version,
+            name=name,
+            timeframe=timeframe,
+            stem=stem,
             items=items,
             scoring=scoring,
             bands=(),
