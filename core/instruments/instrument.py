@@ -132,9 +132,12 @@ class InstrumentTexts:
         raise InstrumentError(f"This instrument has no band '{band_id}'.")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Instrument:
-    """A validated questionnaire loaded from its data file, ready to show and to score."""
+    """A validated questionnaire loaded from its data file, ready to show and to score.
+
+    ``languages`` are the languages its texts were checked for at load time.
+    """
 
     id: str
     version: str
@@ -150,6 +153,7 @@ class Instrument:
     source: str
     licence: str
     path: str
+    languages: tuple[str, ...]
 
     @property
     def total_range(self) -> tuple[int, int]:
@@ -186,9 +190,9 @@ class Instrument:
 
     def texts(self, language: str) -> InstrumentTexts:
         """Return the name, timeframe, stem, questions, answer labels and bands in one language."""
-        if language not in self.name:
+        if language not in self.languages:
             raise InstrumentError(f"Instrument '{self.id}' has no texts in '{language}'.")
-        translation = self.translations.get(language)
+        translation = self.translations[language]
         return InstrumentTexts(
             language=language,
             name=self.name[language],
@@ -209,7 +213,7 @@ class Instrument:
                 BandText(id=band.id, label=band.label[language], meaning=band.meaning[language])
                 for band in self.bands
             ),
-            validated=translation.validated if translation is not None else False,
+            validated=translation.validated,
         )
 
     def offered_to(self, role: str, age_min: int) -> bool:

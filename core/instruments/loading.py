@@ -75,6 +75,7 @@ class _Reader:
             source=self.text(raw, "source", "the instrument"),
             licence=self.text(raw, "licence", "the instrument"),
             path=str(self.path),
+            languages=self.languages,
         )
         reverse_unknown = scoring.reverse_items - {item.id for item in items}
         if reverse_unknown:
