@@ -1,0 +1,438 @@
+"""The conversation engine: one inbound event in, state change and replies out, one commit.
+
+Flows register commands, button actions and per-state text handlers on the engine; the engine
+looks after idempotency, the person, button tokens, the state sequence and the outbox.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core.access import Action, Role, may, roles_of
+from core.clock import Clock
+from core.db import Database
+from core.i18n import Catalogs
+from core.messages import Button, HandleResult, Inbound, InboundKind, Outbound, Priority
+from core.models import ButtonToken, InboundSeen, Person, WebTranscript
+from core.outbox import queue
+from core.risk import RiskLevel, RiskSignal
+from core.safety import HotlineResponder, RiskResponder
+from core.sites import Site, SiteDirectory
+
+log = logging.getLogger(__name__)
+
+CASE_ALPHABET = "23456789ABCDEFGHJKMNPQRSTUVWXYZ"
+MAX_STORED_TEXT = 20_000
+
+Handler = Callable[["Turn", str], Awaitable[None]]
+
+
+@dataclass
+class ActionSpec:
+    """A button action: its handler, and whether old buttons for it stay valid."""
+
+    handler: Handler
+    any_step: bool = False
+
+
+@dataclass(frozen=True)
+class MenuEntry:
+    """One main-menu entry of a feature that exists; hidden when ``visible`` says so."""
+
+    key: str
+    label_key: str
+    action: str
+    visible: Callable[[Person, set[Role]], bool] = lambda _p, _r: True
+
+
+@dataclass(frozen=True)
+class TriageVerdict:
+    """What the triage hook found in a message."""
+
+    signal: RiskSignal | None
+    level: RiskLevel = RiskLevel.NONE
+
+
+TriageHook = Callable[["Turn", str], TriageVerdict]
+
+
+@dataclass
+class EngineConfig:
+    """Deployment facts the engine needs."""
+
+    default_language: str = "zh_Hans"
+    languages: tuple[str, ...] = ("zh_Hans", "en")
+    admins: dict[str, set[str]] = field(default_factory=dict)
+    staff_chat_id: str = ""
+
+
+class Turn:
+    """One inbound event being handled: the person, their state, and what to send back."""
+
+    def __init__(
+        self,
+        engine: ConversationEngine,
+        session: AsyncSession,
+        person: Person,
+        inbound: Inbound,
+        now: datetime,
+        roles: set[Role],
+    ) -> None:
+        self.engine = engine
+        self.session = session
+        self.person = person
+        self.inbound = inbound
+        self.now = now
+        self.roles = roles
+        self.out: list[Outbound] = []
+        self.notice: str | None = None
+        self.state_changed = False
+        self.risk_level = RiskLevel.NONE
+        self.erased = False
+        self.data: dict[str, Any] = json.loads(person.state_data or "{}")
+
+    @property
+    def lang(self) -> str:
+        """The person's language (the deployment default until they choose)."""
+        return self.person.language or self.engine.config.default_language
+
+    @property
+    def site(self) -> Site | None:
+        """The person's site, if chosen and still configured."""
+        return self.engine.sites.get(self.person.site_code)
+
+    @property
+    def site_or_default(self) -> Site:
+        """The person's site, or the first configured site for its crisis lines."""
+        return self.site or self.engine.sites.default()
+
+    @property
+    def onboarded(self) -> bool:
+        """Whether onboarding is complete (consent given and the questions answered)."""
+        return self.person.consent_version is not None and self.person.age_band is not None
+
+    def t(self, key: str, /, **params: object) -> str:
+        """Translate ``key`` into the person's language."""
+        return self.engine.catalogs.t(self.lang, key, **params)
+
+    def may(self, action: Action) -> bool:
+        """Whether this person may do ``action``."""
+        return may(self.roles, action)
+
+    def button(self, key: str, action: str, arg: str = "", **params: object) -> Button:
+        """A button labelled with catalog text ``key`` that asks for ``action``."""
+        return Button(self.t(key, **params), action, arg)
+
+    def menu_button(self) -> Button:
+        """The button back to the main menu."""
+        return self.button("button.menu", "menu")
+
+    def say(
+        self,
+        key: str,
+        /,
+        *,
+        buttons: list[list[Button]] | None = None,
+        priority: Priority = Priority.REPLY,
+        kind: str = "reply",
+        **params: object,
+    ) -> None:
+        """Queue catalog text ``key`` to this person."""
+        self.send(self.t(key, **params), buttons=buttons, priority=priority, kind=kind)
+
+    def send(
+        self,
+        text: str,
+        *,
+        buttons: list[list[Button]] | None = None,
+        priority: Priority = Priority.REPLY,
+        kind: str = "reply",
+        document: tuple[str, str] | None = None,
+    ) -> None:
+        """Queue already-translated text to this person."""
+        self.out.append(
+            Outbound(
+                channel=self.person.channel,
+                chat_id=self.person.chat_id,
+                text=text,
+                buttons=buttons or [],
+                priority=priority,
+                kind=kind,
+                person_id=self.person.id,
+                document=document,
+            )
+        )
+
+    def to_staff(self, text: str, *, priority: Priority = Priority.ESCALATION,
+                 buttons: list[list[Button]] | None = None, kind: str = "staff") -> bool:
+        """Queue a message to the staff chat; False when no staff chat is configured."""
+        if not self.engine.config.staff_chat_id:
+            return False
+        self.out.append(
+            Outbound(
+                channel="telegram",
+                chat_id=self.engine.config.staff_chat_id,
+                chat_kind="group",
+                text=text,
+                buttons=buttons or [],
+                priority=priority,
+                kind=kind,
+                person_id=self.person.id if buttons else None,
+            )
+        )
+        return True
+
+    def goto(self, state: str, **data: Any) -> None:
+        """Move the conversation to ``state`` with fresh step data; older buttons go stale."""
+        self.person.state = state
+        self.data = dict(data)
+        self.state_changed = True
+
+    async def prompt(self) -> None:
+        """Show the current step again (its question and buttons)."""
+        await self.engine.prompt(self)
+
+
+class ConversationEngine:
+    """Handles inbound events: idempotent, one transaction each, replies via the outbox."""
+
+    def __init__(
+        self,
+        db: Database,
+        catalogs: Catalogs,
+        sites: SiteDirectory,
+        clock: Clock,
+        config: EngineConfig,
+        *,
+        notify: Callable[[str], None] | None = None,
+    ) -> None:
+        self.db = db
+        self.catalogs = catalogs
+        self.sites = sites
+        self.clock = clock
+        self.config = config
+        self.notify = notify or (lambda _channel: None)
+        self.commands: dict[str, Handler] = {}
+        self.actions: dict[str, ActionSpec] = {}
+        self.text_handlers: dict[str, Handler] = {}
+        self.prompts: dict[str, Callable[[Turn], Awaitable[None]]] = {}
+        self.menu: list[MenuEntry] = []
+        self.open_commands: set[str] = set()
+        self.triage: TriageHook | None = None
+        self.risk: RiskResponder = HotlineResponder()
+        self.after_turn: list[Callable[[Turn], Awaitable[None]]] = []
+
+    # Registration -----------------------------------------------------------------------
+
+    def command(self, name: str, handler: Handler, *, before_onboarding: bool = False) -> None:
+        """Register ``/name``; ``before_onboarding`` lets it run before onboarding ends."""
+        self.commands[name] = handler
+        if before_onboarding:
+            self.open_commands.add(name)
+
+    def action(self, name: str, handler: Handler, *, any_step: bool = False) -> None:
+        """Register a button action; ``any_step`` keeps its old buttons valid."""
+        self.actions[name] = ActionSpec(handler, any_step)
+
+    def state(
+        self,
+        name: str,
+        prompt: Callable[[Turn], Awaitable[None]],
+        on_text: Handler | None = None,
+    ) -> None:
+        """Register a conversation state: how to show it, and what typed text does there."""
+        self.prompts[name] = prompt
+        if on_text is not None:
+            self.text_handlers[name] = on_text
+
+    # Handling ----------------------------------------------------------------------------
+
+    async def handle(self, inbound: Inbound) -> HandleResult:
+        """Handle one inbound event in one transaction and wake delivery."""
+        try:
+            result = await self.db.run(lambda session: self._handle(session, inbound))
+        except IntegrityError:
+            # Another worker handled the same update at the same moment.
+            return HandleResult(duplicate=True)
+        if not result.duplicate:
+            self.notify(inbound.channel)
+            if self.config.staff_chat_id:
+                self.notify("telegram")
+        return result
+
+    async def _handle(self, session: AsyncSession, inbound: Inbound) -> HandleResult:
+        now = self.clock.now()
+        if inbound.update_key:
+            key = inbound.update_key[:96]
+            seen = await session.get(InboundSeen, (inbound.channel, key))
+            if seen is not None:
+                return HandleResult(duplicate=True)
+            session.add(InboundSeen(channel=inbound.channel, key=key, seen_at=now))
+        person = await self._person(session, inbound, now)
+        roles = await roles_of(session, person, self.config.admins.get(inbound.channel, set()))
+        turn = Turn(self, session, person, inbound, now, roles)
+        if inbound.channel == "web" and inbound.kind in (InboundKind.TEXT, InboundKind.COMMAND):
+            shown = inbound.text if inbound.kind == InboundKind.TEXT else f"/{inbound.command}"
+            session.add(WebTranscript(chat_id=person.chat_id, direction="in",
+                                      text=shown[:MAX_STORED_TEXT], created_at=now))
+        await self._dispatch(turn)
+        for hook in self.after_turn:
+            await hook(turn)
+        await self._finish(turn)
+        return HandleResult(notice=turn.notice, person_id=person.id)
+
+    async def _person(self, session: AsyncSession, inbound: Inbound, now: datetime) -> Person:
+        found = await session.exec(
+            select(Person)
+            .where(Person.channel == inbound.channel)
+            .where(Person.external_id == inbound.external_id)
+        )
+        person = found.first()
+        if person is None:
+            person = Person(
+                channel=inbound.channel,
+                external_id=inbound.external_id,
+                chat_id=inbound.chat_id,
+                case_code=await self._new_case_code(session),
+                language=guess_language(inbound.language_hint, self.config),
+                created_at=now,
+                last_seen_at=now,
+            )
+            session.add(person)
+            await session.flush()
+        else:
+            person.last_seen_at = now
+            person.blocked_at = None
+            if person.chat_id != inbound.chat_id and inbound.chat_kind == "private":
+                person.chat_id = inbound.chat_id
+        return person
+
+    async def _new_case_code(self, session: AsyncSession) -> str:
+        for length in (4, 4, 4, 5, 5, 6, 6, 8):
+            code = "R-" + "".join(secrets.choice(CASE_ALPHABET) for _ in range(length))
+            taken = await session.exec(select(Person.id).where(Person.case_code == code))
+            if taken.first() is None:
+                return code
+        raise RuntimeError("could not find a free case code")
+
+    async def _dispatch(self, turn: Turn) -> None:
+        inbound = turn.inbound
+        if inbound.kind == InboundKind.BUTTON:
+            await self._button(turn)
+        elif inbound.kind == InboundKind.COMMAND:
+            await self._command(turn)
+        elif inbound.kind == InboundKind.TEXT:
+            await self._text(turn)
+        elif inbound.kind == InboundKind.EDITED:
+            if not await self._read_for_risk(turn, inbound.text):
+                turn.say("input.edited")
+        else:
+            turn.say("input.media")
+            await self.prompt(turn)
+
+    async def _button(self, turn: Turn) -> None:
+        token = await turn.session.get(ButtonToken, turn.inbound.token[:32])
+        if token is None or token.person_id != turn.person.id:
+            # Unknown or someone else's: never reveal which, never act on it.
+            turn.notice = turn.t("input.button_invalid")
+            turn.say("input.button_invalid")
+            await self.prompt(turn)
+            return
+        spec = self.actions.get(token.action)
+        if spec is None:
+            turn.notice = turn.t("input.button_invalid")
+            await self.prompt(turn)
+            return
+        if not spec.any_step and token.state_seq != turn.person.state_seq:
+            turn.notice = turn.t("input.button_stale")
+            turn.say("input.button_stale")
+            await self.prompt(turn)
+            return
+        await spec.handler(turn, token.arg)
+
+    async def _command(self, turn: Turn) -> None:
+        name = turn.inbound.command.lower()
+        handler = self.commands.get(name)
+        if handler is None:
+            turn.say("input.unknown_command", command=name[:32])
+            await self.prompt(turn)
+            return
+        if not turn.onboarded and name not in self.open_commands:
+            turn.say("onboarding.finish_first")
+            await self.prompt(turn)
+            return
+        await handler(turn, turn.inbound.args)
+
+    async def _text(self, turn: Turn) -> None:
+        text = turn.inbound.text
+        if await self._read_for_risk(turn, text):
+            return
+        if not text.strip():
+            turn.say("input.empty")
+            await self.prompt(turn)
+            return
+        handler = self.text_handlers.get(turn.person.state)
+        if handler is not None:
+            await handler(turn, text)
+            return
+        if turn.risk_level < RiskLevel.MODERATE:
+            turn.say("input.free_text")
+            await self.prompt(turn)
+
+    async def _read_for_risk(self, turn: Turn, text: str) -> bool:
+        """Run triage on a message; True when a high-risk answer replaced the normal reply."""
+        if self.triage is None or not text.strip():
+            return False
+        verdict = self.triage(turn, text)
+        turn.risk_level = verdict.level
+        if verdict.signal is None or verdict.signal.level < RiskLevel.MODERATE:
+            return False
+        await self.risk.respond(turn, verdict.signal, text)
+        return verdict.signal.level >= RiskLevel.HIGH
+
+    async def raise_signal(self, turn: Turn, signal: RiskSignal, excerpt: str = "") -> None:
+        """Answer a risk signal from any source (SOS, an instrument, a staff report)."""
+        turn.risk_level = max(turn.risk_level, signal.level)
+        await self.risk.respond(turn, signal, excerpt)
+
+    async def prompt(self, turn: Turn) -> None:
+        """Show the person's current step again."""
+        prompt = self.prompts.get(turn.person.state) or self.prompts.get("menu")
+        if prompt is not None:
+            await prompt(turn)
+
+    async def _finish(self, turn: Turn) -> None:
+        if turn.erased:
+            await queue(turn.session, turn.out, turn.now)
+            return
+        person = turn.person
+        if turn.state_changed:
+            person.state_seq += 1
+        person.state_data = json.dumps(turn.data, ensure_ascii=False)
+        turn.session.add(person)
+        await queue(turn.session, turn.out, turn.now, person.state_seq)
+
+    def visible_menu(self, turn: Turn) -> list[MenuEntry]:
+        """The main-menu entries this person sees."""
+        return [e for e in self.menu if e.visible(turn.person, turn.roles)]
+
+
+def guess_language(hint: str | None, config: EngineConfig) -> str:
+    """Guess a language from the platform's hint ("zh-hans", "en-GB", "zh-CN,zh;q=0.9")."""
+    if hint:
+        first = hint.split(",")[0].strip().lower()
+        if first.startswith("zh"):
+            return "zh_Hans" if "zh_Hans" in config.languages else config.default_language
+        if first.startswith("en") and "en" in config.languages:
+            return "en"
+    return config.default_language

@@ -1,0 +1,140 @@
+"""The database: engine, sessions, one transaction per use case, and schema upgrades."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+from sqlalchemy import event, text
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlmodel import SQLModel
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core import models  # noqa: F401  (registers the tables on SQLModel.metadata)
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
+
+
+class DatabaseUnavailable(RuntimeError):
+    """The database could not be reached or stayed locked; the caller should answer 5xx."""
+
+
+class Database:
+    """An async engine and the sessions made from it."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        kwargs: dict[str, Any] = {"echo": echo}
+        if self.is_sqlite:
+            kwargs["connect_args"] = {"timeout": 5}
+        else:
+            kwargs.update(pool_size=10, max_overflow=20, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **kwargs)
+        if self.is_sqlite:
+            event.listen(self.engine.sync_engine, "connect", _sqlite_pragmas)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[AsyncSession]:
+        """Open a session; the caller commits (one transaction per use case)."""
+        async with AsyncSession(self.engine, expire_on_commit=False) as session:
+            yield session
+
+    async def run(
+        self, work: Callable[[AsyncSession], Awaitable[T]], *, attempts: int = 6
+    ) -> T:
+        """Run ``work`` in one transaction and commit, retrying while the database is busy.
+
+        A briefly locked SQLite file or a dropped PostgreSQL connection is retried with
+        backoff; if it stays unavailable, ``DatabaseUnavailable`` is raised and nothing of the
+        work is kept.
+        """
+        delay = 0.05
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self.session() as session:
+                    result = await work(session)
+                    await session.commit()
+                    return result
+            except (OperationalError, DBAPIError, OSError) as exc:
+                if not _is_transient(exc) or attempt == attempts:
+                    if _is_transient(exc):
+                        raise DatabaseUnavailable(str(exc).splitlines()[0]) from exc
+                    raise
+                log.warning("database busy (attempt %d): %s", attempt, str(exc).splitlines()[0])
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 1.0)
+        raise AssertionError("unreachable")
+
+    async def ping(self) -> None:
+        """Check that the database answers, raising ``DatabaseUnavailable`` if not."""
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT 1"))
+        except Exception as exc:  # any driver error means "not reachable" to the operator
+            raise DatabaseUnavailable(f"cannot reach the database: {_first_line(exc)}") from exc
+
+    async def create_all(self) -> None:
+        """Create every table directly (tests); deployments use ``upgrade``."""
+        async with self.engine.begin() as conn:
+            await conn.run_sync(SQLModel.metadata.create_all)
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Apply Alembic migrations up to ``revision`` (blocking; call before the loop starts)."""
+    from alembic import command
+    from alembic.config import Config
+
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.attributes["database_url"] = url
+    command.upgrade(cfg, revision)
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _is_transient(exc: BaseException) -> bool:
+    text_ = str(exc).lower()
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return any(
+        marker in text_
+        for marker in (
+            "database is locked",
+            "database is busy",
+            "connection refused",
+            "connection was closed",
+            "connection is closed",
+            "could not connect",
+            "cannot connect",
+            "server closed the connection",
+            "terminating connection",
+            "the database system is starting up",
+            "the database system is shutting down",
+            "deadlock detected",
+            "could not serialize",
+        )
+    )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]

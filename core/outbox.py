@@ -1,0 +1,431 @@
+"""The durable outbox: queueing messages in the caller's transaction, and delivering them.
+
+A message is queued in the same transaction as the state change that produced it. Delivery
+workers claim due rows in priority order (crisis first), respect the platform's rate limits,
+retry what failed for a passing reason, honour ``retry_after``, stop at a person who blocked
+the bot, and mark every row sent exactly once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Protocol
+
+from sqlalchemy import update
+from sqlmodel import col, select
+from sqlmodel.ext.asyncio.session import AsyncSession
+
+from core.clock import Clock, as_utc
+from core.db import Database
+from core.messages import Outbound, Priority, split_text
+from core.models import ButtonToken, OutboxMessage, Person, WebTranscript
+
+log = logging.getLogger(__name__)
+
+STALE_CLAIM = timedelta(seconds=60)
+MAX_BACKOFF = 300.0
+GIVE_UP_AFTER = 40  # attempts, for everything but crisis messages, which never give up
+
+
+@dataclass(frozen=True)
+class SendOutcome:
+    """What happened when a row was handed to the platform."""
+
+    status: str  # "sent", "retry", "blocked", "failed"
+    retry_after: float | None = None
+    message_id: str | None = None
+    error: str = ""
+
+    @classmethod
+    def sent(cls, message_id: str | None = None) -> SendOutcome:
+        """The platform accepted the message."""
+        return cls("sent", message_id=message_id)
+
+
+class Sender(Protocol):
+    """A channel's way of putting one outbox row on the platform."""
+
+    channel: str
+
+    async def send(self, row: OutboxMessage) -> SendOutcome:
+        """Send ``row`` and say what happened; never raise for platform errors."""
+        ...
+
+
+def new_token() -> str:
+    """A random, unguessable button token (16 URL-safe characters)."""
+    return secrets.token_urlsafe(12)
+
+
+async def queue(
+    session: AsyncSession, messages: Sequence[Outbound], now: datetime, state_seq: int | None = None
+) -> list[OutboxMessage]:
+    """Add ``messages`` to the outbox in the caller's transaction (nothing is committed here).
+
+    Buttons become server-side tokens bound to the message's person and ``state_seq``; long
+    texts are split into parts, the buttons going with the last part.
+    """
+    rows: list[OutboxMessage] = []
+    for message in messages:
+        drawn = await _draw_buttons(session, message, now, state_seq)
+        parts = split_text(message.text) if message.text else [""]
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            row = OutboxMessage(
+                channel=message.channel,
+                chat_id=message.chat_id,
+                chat_kind=message.chat_kind,
+                person_id=message.person_id,
+                priority=int(message.priority),
+                kind=message.kind,
+                text=part,
+                buttons=json.dumps(drawn if last else [], ensure_ascii=False),
+                document_name=message.document[0] if message.document and last else None,
+                document_body=message.document[1] if message.document and last else None,
+                due_at=now,
+                created_at=now,
+                dedupe_key=(
+                    f"{message.dedupe_key}#{index}" if message.dedupe_key and index else
+                    message.dedupe_key
+                ),
+            )
+            session.add(row)
+            rows.append(row)
+    return rows
+
+
+async def _draw_buttons(
+    session: AsyncSession, message: Outbound, now: datetime, state_seq: int | None
+) -> list[list[dict[str, str]]]:
+    drawn: list[list[dict[str, str]]] = []
+    for line in message.buttons:
+        drawn_line: list[dict[str, str]] = []
+        for button in line:
+            if message.person_id is None:
+                raise ValueError("buttons need a person to bind their tokens to")
+            token = new_token()
+            session.add(
+                ButtonToken(
+                    token=token,
+                    person_id=message.person_id,
+                    action=button.action,
+                    arg=button.arg,
+                    state_seq=state_seq or 0,
+                    created_at=now,
+                )
+            )
+            drawn_line.append({"label": button.label, "token": token})
+        drawn.append(drawn_line)
+    return drawn
+
+
+class TokenBucket:
+    """A rate limit: ``rate`` per second with bursts up to ``burst``."""
+
+    def __init__(self, rate: float, burst: float, monotonic: Callable[[], float]) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = burst
+        self.monotonic = monotonic
+        self.stamp = monotonic()
+
+    def _refill(self) -> None:
+        now = self.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.stamp) * self.rate)
+        self.stamp = now
+
+    def ready(self) -> bool:
+        """Whether one more send fits now."""
+        self._refill()
+        return self.tokens >= 1
+
+    def take(self) -> None:
+        """Spend one send."""
+        self._refill()
+        self.tokens -= 1
+
+    def wait_time(self) -> float:
+        """Seconds until one more send fits."""
+        self._refill()
+        return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
+
+
+@dataclass
+class RateLimits:
+    """A platform's limits: overall, per private chat, per group (Telegram's by default)."""
+
+    global_per_second: float = 30.0
+    chat_per_second: float = 1.0
+    chat_burst: float = 3.0
+    group_per_minute: float = 20.0
+    monotonic: Callable[[], float] = time.monotonic
+    _global: TokenBucket | None = field(default=None, init=False)
+    _chats: dict[str, TokenBucket] = field(default_factory=dict, init=False)
+
+    def _bucket(self, chat_id: str, chat_kind: str) -> TokenBucket:
+        bucket = self._chats.get(chat_id)
+        if bucket is None:
+            if chat_kind == "private":
+                bucket = TokenBucket(self.chat_per_second, self.chat_burst, self.monotonic)
+            else:
+                bucket = TokenBucket(self.group_per_minute / 60.0, 3.0, self.monotonic)
+            self._chats[chat_id] = bucket
+            if len(self._chats) > 50_000:  # forget idle chats; a fresh bucket starts full
+                for key in list(self._chats)[:10_000]:
+                    del self._chats[key]
+        return bucket
+
+    def allows(self, chat_id: str, chat_kind: str) -> bool:
+        """Whether a message to this chat may go now."""
+        if self._global is None:
+            self._global = TokenBucket(self.global_per_second, self.global_per_second,
+                                       self.monotonic)
+        return self._global.ready() and self._bucket(chat_id, chat_kind).ready()
+
+    def spend(self, chat_id: str, chat_kind: str) -> None:
+        """Count one message to this chat."""
+        assert self._global is not None
+        self._global.take()
+        self._bucket(chat_id, chat_kind).take()
+
+    def global_wait(self) -> float:
+        """Seconds until the overall limit allows one more."""
+        return 0.0 if self._global is None else self._global.wait_time()
+
+
+def backoff(attempts: int) -> float:
+    """Seconds to wait before attempt ``attempts + 1`` after a passing failure."""
+    return float(min(MAX_BACKOFF, 2 ** min(attempts, 10)))
+
+
+class DeliveryWorker:
+    """Sends one channel's outbox rows, in priority order, within its rate limits."""
+
+    def __init__(
+        self,
+        db: Database,
+        sender: Sender,
+        clock: Clock,
+        limits: RateLimits | None = None,
+        *,
+        batch: int = 300,
+        concurrency: int = 16,
+        worker_id: str = "worker",
+    ) -> None:
+        self.db = db
+        self.sender = sender
+        self.channel = sender.channel
+        self.clock = clock
+        self.limits = limits or RateLimits()
+        self.batch = batch
+        self.concurrency = concurrency
+        self.worker_id = worker_id
+        self._wake = asyncio.Event()
+        self._stopping = asyncio.Event()
+
+    def wake(self) -> None:
+        """Tell the worker there may be something new to send."""
+        self._wake.set()
+
+    def stop(self) -> None:
+        """Ask the worker to finish what it is sending and stop."""
+        self._stopping.set()
+        self._wake.set()
+
+    async def release_stale_claims(self) -> int:
+        """Put rows claimed by a worker that died back in the queue (at least once)."""
+        cutoff = self.clock.now() - STALE_CLAIM
+
+        async def work(session: AsyncSession) -> int:
+            result = await session.exec(  # type: ignore[call-overload]
+                update(OutboxMessage)
+                .where(col(OutboxMessage.channel) == self.channel)
+                .where(col(OutboxMessage.status) == "sending")
+                .where(col(OutboxMessage.claimed_at) < cutoff)
+                .values(status="pending", claimed_at=None)
+            )
+            return int(result.rowcount or 0)
+
+        released = await self.db.run(work)
+        if released:
+            log.warning("%s: %d rows claimed by a stopped worker are queued again",
+                        self.channel, released)
+        return released
+
+    async def run_forever(self) -> None:
+        """Deliver until stopped, sleeping until woken or until the next row can go."""
+        await self.release_stale_claims()
+        while not self._stopping.is_set():
+            try:
+                sent, wait = await self.deliver_due()
+            except Exception:  # keep delivering: a crash here would silence everyone
+                log.exception("%s delivery sweep failed; trying again shortly", self.channel)
+                sent, wait = 0, 1.0
+            if sent:
+                continue
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, min(wait, 1.0)))
+            except TimeoutError:
+                pass
+
+    async def deliver_due(self) -> tuple[int, float]:
+        """Claim and send what may go now; return (rows handled, seconds until more may)."""
+        now = self.clock.now()
+        claimed = await self.db.run(lambda s: self._claim(s, now))
+        if not claimed:
+            return 0, self.limits.global_wait() or 0.5
+        semaphore = asyncio.Semaphore(self.concurrency)
+
+        async def one(row: OutboxMessage) -> None:
+            async with semaphore:
+                await self._send_one(row)
+
+        await asyncio.gather(*(one(row) for row in claimed))
+        return len(claimed), 0.0
+
+    async def _claim(self, session: AsyncSession, now: datetime) -> list[OutboxMessage]:
+        query = (
+            select(OutboxMessage)
+            .where(OutboxMessage.channel == self.channel)
+            .where(OutboxMessage.status == "pending")
+            .where(col(OutboxMessage.due_at) <= now)
+            .order_by(col(OutboxMessage.priority), col(OutboxMessage.id))
+            .limit(self.batch)
+        )
+        if not self.db.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        rows = (await session.exec(query)).all()
+        busy_chats = await self._chats_in_flight(session, {r.chat_id for r in rows})
+        chosen: list[OutboxMessage] = []
+        seen: set[str] = set()
+        for row in rows:
+            # One message per chat per sweep keeps each chat's messages in order; a chat
+            # waiting out a retry holds its later messages too.
+            if row.chat_id in seen or row.chat_id in busy_chats:
+                seen.add(row.chat_id)
+                continue
+            seen.add(row.chat_id)
+            if row.hold_until is not None and as_utc(row.hold_until) > now:
+                continue
+            if not self.limits.allows(row.chat_id, row.chat_kind):
+                continue
+            self.limits.spend(row.chat_id, row.chat_kind)
+            row.status = "sending"
+            row.claimed_at = now
+            session.add(row)
+            chosen.append(row)
+        return chosen
+
+    async def _chats_in_flight(self, session: AsyncSession, chats: set[str]) -> set[str]:
+        if not chats:
+            return set()
+        result = await session.exec(
+            select(OutboxMessage.chat_id)
+            .where(OutboxMessage.channel == self.channel)
+            .where(OutboxMessage.status == "sending")
+            .where(col(OutboxMessage.chat_id).in_(chats))
+        )
+        return set(result.all())
+
+    async def _send_one(self, row: OutboxMessage) -> None:
+        try:
+            outcome = await self.sender.send(row)
+        except Exception as exc:  # a sender bug must not lose the row
+            log.exception("%s sender raised for outbox row %s", self.channel, row.id)
+            outcome = SendOutcome("retry", error=f"{type(exc).__name__}: {exc}"[:500])
+        await self.db.run(lambda s: self._record(s, row, outcome))
+
+    async def _record(self, session: AsyncSession, row: OutboxMessage, outcome: SendOutcome) -> None:
+        now = self.clock.now()
+        fresh = await session.get(OutboxMessage, row.id)
+        if fresh is None:  # erased with its person while in flight
+            return
+        fresh.attempts += 1
+        fresh.claimed_at = None
+        if outcome.status == "sent":
+            fresh.status = "sent"
+            fresh.sent_at = now
+            fresh.platform_message_id = outcome.message_id
+            fresh.error = None
+        elif outcome.status == "blocked":
+            fresh.status = "blocked"
+            fresh.error = outcome.error[:500]
+            await self._mark_blocked(session, fresh, now)
+        elif outcome.status == "failed" or (
+            fresh.attempts >= GIVE_UP_AFTER and fresh.priority != Priority.CRISIS
+        ):
+            fresh.status = "failed"
+            fresh.error = outcome.error[:500]
+            log.error("%s outbox row %s failed for good: %s", self.channel, fresh.id,
+                      outcome.error)
+        else:
+            wait = outcome.retry_after if outcome.retry_after is not None else backoff(
+                fresh.attempts)
+            fresh.status = "pending"
+            fresh.hold_until = now + timedelta(seconds=wait)
+            fresh.error = outcome.error[:500]
+        session.add(fresh)
+
+    async def _mark_blocked(self, session: AsyncSession, row: OutboxMessage, now: datetime) -> None:
+        await session.exec(  # type: ignore[call-overload]
+            update(OutboxMessage)
+            .where(col(OutboxMessage.channel) == row.channel)
+            .where(col(OutboxMessage.chat_id) == row.chat_id)
+            .where(col(OutboxMessage.status) == "pending")
+            .values(status="blocked", error="the person blocked the bot")
+        )
+        if row.chat_kind == "private":
+            await session.exec(  # type: ignore[call-overload]
+                update(Person)
+                .where(col(Person.channel) == row.channel)
+                .where(col(Person.chat_id) == row.chat_id)
+                .values(blocked_at=now)
+            )
+
+
+class WebSender:
+    """Delivers web-chat rows into the transcript the page reads.
+
+    The transcript row carries the outbox id under a unique constraint, so a row sent again
+    after a crash shows once; ``on_delivered`` tells open pages to fetch it.
+    """
+
+    channel = "web"
+
+    def __init__(self, db: Database, on_delivered: Callable[[str], None] | None = None) -> None:
+        self.db = db
+        self.on_delivered = on_delivered
+
+    async def send(self, row: OutboxMessage) -> SendOutcome:
+        """Write ``row`` into its chat's transcript and notify the page."""
+
+        async def work(session: AsyncSession) -> None:
+            existing = await session.exec(
+                select(WebTranscript.id).where(WebTranscript.outbox_id == row.id)
+            )
+            if existing.first() is None:
+                session.add(
+                    WebTranscript(
+                        chat_id=row.chat_id,
+                        direction="out",
+                        text=row.text,
+                        buttons=row.buttons,
+                        document_name=row.document_name,
+                        document_body=row.document_body,
+                        outbox_id=row.id,
+                        created_at=row.created_at,
+                    )
+                )
+
+        await self.db.run(work)
+        if self.on_delivered is not None:
+            self.on_delivered(row.chat_id)
+        return SendOutcome.sent(str(row.id))

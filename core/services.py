@@ -1,0 +1,55 @@
+"""Builds the product from its parts: the engine with every flow registered."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from core import admin, onboarding, privacy
+from core.clock import Clock
+from core.config import SUPPORTED_LANGUAGES, Settings
+from core.conversation import ConversationEngine, EngineConfig
+from core.db import Database
+from core.i18n import Catalogs, load_catalogs
+from core.sites import SiteDirectory, load_sites
+
+
+@dataclass
+class Core:
+    """Everything core offers the channels, built once by the composition root."""
+
+    settings: Settings
+    db: Database
+    clock: Clock
+    catalogs: Catalogs
+    sites: SiteDirectory
+    engine: ConversationEngine
+
+
+def engine_config(settings: Settings) -> EngineConfig:
+    """The engine's view of the settings."""
+    return EngineConfig(
+        default_language=settings.default_language,
+        languages=SUPPORTED_LANGUAGES,
+        admins={"telegram": settings.admin_ids("telegram"), "web": settings.admin_ids("web")},
+        staff_chat_id=settings.staff_chat_id if settings.telegram_token else "",
+    )
+
+
+def build_core(
+    settings: Settings,
+    db: Database,
+    clock: Clock,
+    *,
+    notify: Callable[[str], None] | None = None,
+) -> Core:
+    """Load catalogs and sites, and build the engine with every flow registered."""
+    catalogs = load_catalogs(settings.resolved_locales_dir, SUPPORTED_LANGUAGES)
+    sites = load_sites(settings.sites_file)
+    engine = ConversationEngine(db, catalogs, sites, clock, engine_config(settings),
+                                notify=notify)
+    onboarding.register(engine)
+    privacy.register(engine)
+    admin.register(engine)
+    return Core(settings=settings, db=db, clock=clock, catalogs=catalogs, sites=sites,
+                engine=engine)
