@@ -173,8 +173,14 @@ class Turn:
             )
         )
 
-    def to_staff(self, text: str, *, priority: Priority = Priority.ESCALATION,
-                 buttons: list[list[Button]] | None = None, kind: str = "staff") -> bool:
+    def to_staff(
+        self,
+        text: str,
+        *,
+        priority: Priority = Priority.ESCALATION,
+        buttons: list[list[Button]] | None = None,
+        kind: str = "staff",
+    ) -> bool:
         """Queue a message to the staff chat; False when no staff chat is configured."""
         if not self.engine.config.staff_chat_id:
             return False
@@ -282,9 +288,15 @@ class ConversationEngine:
         roles = await roles_of(session, person, self.config.admins.get(inbound.channel, set()))
         turn = Turn(self, session, person, inbound, now, roles)
         if inbound.channel == "web" and inbound.kind in (InboundKind.TEXT, InboundKind.COMMAND):
-            shown = inbound.text if inbound.kind == InboundKind.TEXT else f"/{inbound.command}"
-            session.add(WebTranscript(chat_id=person.chat_id, direction="in",
-                                      text=shown[:MAX_STORED_TEXT], created_at=now))
+            if inbound.text.strip():  # what the person typed, so a reload shows it again
+                session.add(
+                    WebTranscript(
+                        chat_id=person.chat_id,
+                        direction="in",
+                        text=inbound.text[:MAX_STORED_TEXT],
+                        created_at=now,
+                    )
+                )
         await self._dispatch(turn)
         for hook in self.after_turn:
             await hook(turn)

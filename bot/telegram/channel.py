@@ -1,0 +1,122 @@
+"""The Telegram channel: aiogram's bot and dispatcher, long polling or webhook."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from aiogram import Bot, Dispatcher, F, Router
+from aiogram.client.session.aiohttp import AiohttpSession
+from aiogram.client.telegram import TelegramAPIServer
+from aiogram.types import CallbackQuery, Message, Update
+
+from bot.telegram.convert import callback_inbound, message_inbound
+from core.conversation import ConversationEngine
+from core.db import DatabaseUnavailable
+from core.messages import HandleResult, Inbound
+
+log = logging.getLogger(__name__)
+
+ALLOWED_UPDATES = ["message", "edited_message", "callback_query", "channel_post", "my_chat_member"]
+POLLING_DB_PATIENCE = 120.0  # seconds a polled update waits for the database to come back
+
+
+class TelegramChannel:
+    """Receives Telegram updates, hands them to core, and holds the Bot for delivery."""
+
+    def __init__(self, token: str, api_url: str, engine: ConversationEngine) -> None:
+        session = AiohttpSession(api=TelegramAPIServer.from_base(api_url.rstrip("/")))
+        self.bot = Bot(token=token, session=session)
+        self.engine = engine
+        self.dispatcher = Dispatcher()
+        self.dispatcher.include_router(self._router())
+        self.polling = False
+
+    def _router(self) -> Router:
+        router = Router(name="anxin")
+        router.message.register(self._on_message, F.chat.type == "private")
+        router.edited_message.register(self._on_edited, F.chat.type == "private")
+        router.callback_query.register(self._on_callback)
+        router.channel_post.register(self._on_ignored)
+        router.message.register(self._on_ignored)
+        return router
+
+    async def _handle(self, inbound: Inbound) -> HandleResult:
+        """Hand an inbound to core; while polling, wait out a database outage."""
+        delay, waited = 0.5, 0.0
+        while True:
+            try:
+                return await self.engine.handle(inbound)
+            except DatabaseUnavailable:
+                # Over a webhook the 5xx makes Telegram retry; a polled update has already
+                # been confirmed, so it waits here instead of being dropped.
+                if not self.polling or waited >= POLLING_DB_PATIENCE:
+                    raise
+                log.warning(
+                    "database unavailable; update %s waits %.1fs", inbound.update_key, delay
+                )
+                await asyncio.sleep(delay)
+                waited += delay
+                delay = min(delay * 2, 10.0)
+
+    async def _on_message(self, message: Message, event_update: Update) -> None:
+        """A resident wrote to the bot in a private chat."""
+        inbound = message_inbound(message, event_update.update_id)
+        if inbound is not None:
+            await self._handle(inbound)
+
+    async def _on_edited(self, message: Message, event_update: Update) -> None:
+        """A resident edited an earlier message."""
+        inbound = message_inbound(message, event_update.update_id, edited=True)
+        if inbound is not None:
+            await self._handle(inbound)
+
+    async def _on_callback(self, query: CallbackQuery, event_update: Update) -> None:
+        """A button was pressed: core checks the token; the toast shows core's notice."""
+        inbound = callback_inbound(query, event_update.update_id)
+        result = HandleResult()
+        if inbound is not None:
+            result = await self._handle(inbound)
+        try:
+            await query.answer(text=(result.notice or "")[:200] or None)
+        except Exception:  # the answer is a courtesy; the reply already sits in the outbox
+            log.info("could not answer callback query %s", query.id)
+
+    async def _on_ignored(self, event: Any) -> None:
+        """Channel posts and group chatter are not conversations; nothing is stored."""
+        log.debug("ignored %s", type(event).__name__)
+
+    async def feed_webhook(self, payload: dict[str, Any]) -> None:
+        """Handle one update POSTed by Telegram (raises on failure so the caller answers 5xx)."""
+        update = Update.model_validate(payload, context={"bot": self.bot})
+        await self.dispatcher.feed_update(self.bot, update)
+
+    async def run_polling(self) -> None:
+        """Long-poll Telegram until cancelled (the webhook is removed first)."""
+        self.polling = True
+        await self.bot.delete_webhook(drop_pending_updates=False)
+        await self.dispatcher.start_polling(
+            self.bot,
+            handle_signals=False,
+            close_bot_session=False,
+            allowed_updates=ALLOWED_UPDATES,
+            polling_timeout=25,
+        )
+
+    async def stop_polling(self) -> None:
+        """Stop long polling if it runs."""
+        if self.polling:
+            try:
+                await self.dispatcher.stop_polling()
+            except RuntimeError:
+                pass
+            self.polling = False
+
+    async def set_webhook(self, url: str, secret: str) -> None:
+        """Ask Telegram to POST updates to ``url`` with ``secret`` in a header."""
+        await self.bot.set_webhook(url=url, secret_token=secret, allowed_updates=ALLOWED_UPDATES)
+
+    async def close(self) -> None:
+        """Close the HTTP session."""
+        await self.bot.session.close()

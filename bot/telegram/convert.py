@@ -1,0 +1,87 @@
+"""Telegram updates → core ``Inbound``; nothing here decides anything about the person."""
+
+from __future__ import annotations
+
+from aiogram.types import CallbackQuery, Message
+
+from core.messages import Inbound, InboundKind
+
+CALLBACK_PREFIX = "t:"
+
+
+def message_inbound(message: Message, update_id: int, *, edited: bool = False) -> Inbound | None:
+    """Translate a private-chat message (or its edit); None for what has no sender."""
+    user = message.from_user
+    if user is None or user.is_bot:
+        return None
+    base = {
+        "channel": "telegram",
+        "external_id": str(user.id),
+        "chat_id": str(message.chat.id),
+        "update_key": str(update_id),
+        "language_hint": user.language_code,
+        "chat_kind": message.chat.type,
+    }
+    text = message.text if message.text is not None else message.caption
+    if edited:
+        return Inbound(kind=InboundKind.EDITED, text=text or "", **base)  # type: ignore[arg-type]
+    if message.text is not None:
+        command = _command(message)
+        if command is not None:
+            name, args = command
+            return Inbound(
+                kind=InboundKind.COMMAND, command=name, args=args, text=message.text, **base
+            )  # type: ignore[arg-type]
+        return Inbound(kind=InboundKind.TEXT, text=message.text, **base)  # type: ignore[arg-type]
+    if text:  # a photo or file with a caption: read the caption like a message
+        return Inbound(kind=InboundKind.TEXT, text=text, media=_media_kind(message), **base)  # type: ignore[arg-type]
+    return Inbound(kind=InboundKind.MEDIA, media=_media_kind(message), **base)  # type: ignore[arg-type]
+
+
+def callback_inbound(query: CallbackQuery, update_id: int) -> Inbound | None:
+    """Translate a button press; the data is only a token that core looks up."""
+    message = query.message
+    chat_id = str(message.chat.id) if message is not None else str(query.from_user.id)
+    data = query.data or ""
+    token = data[len(CALLBACK_PREFIX) :] if data.startswith(CALLBACK_PREFIX) else ""
+    return Inbound(
+        channel="telegram",
+        external_id=str(query.from_user.id),
+        chat_id=chat_id,
+        kind=InboundKind.BUTTON,
+        token=token or "-",
+        update_key=str(update_id),
+        language_hint=query.from_user.language_code,
+        chat_kind=message.chat.type if message is not None else "private",
+    )
+
+
+def _command(message: Message) -> tuple[str, str] | None:
+    text = message.text or ""
+    if not text.startswith("/"):
+        return None
+    head, _, args = text[1:].partition(" ")
+    name = head.split("@", 1)[0].strip().lower()
+    if not name or not all(c.isascii() and (c.isalnum() or c == "_") for c in name):
+        return None
+    return name[:32], args.strip()
+
+
+def _media_kind(message: Message) -> str:
+    for kind in (
+        "sticker",
+        "photo",
+        "voice",
+        "video",
+        "video_note",
+        "audio",
+        "document",
+        "animation",
+        "location",
+        "contact",
+        "poll",
+        "dice",
+    ):
+        if getattr(message, kind, None):
+            return kind
+    return "other"
