@@ -966,6 +966,7 @@ class FakeBotAPI:
         call = Call(canonical_name, params, self.clock(), files=files)
         self.calls.append(call)
         self.stats["calls"] += 1
+        self._notify()
         try:
             if entry is None:
                 if name.lower() in self._known_methods:
@@ -1209,8 +1210,9 @@ class FakeBotAPI:
             self._allowed = frozenset(allowed) if allowed else DEFAULT_ALLOWED_UPDATES
         if isinstance(offset, int) and offset != 0:
             self._confirm(offset)
-        self._poll_generation += 1
+        self._poll_generation += 1  # a newer getUpdates ends a pending one with 409
         generation = self._poll_generation
+        self._notify()
         deadline = asyncio.get_running_loop().time() + float(timeout)
         while not self._pending and timeout > 0:
             if not await self._wait_change(deadline):
@@ -1746,15 +1748,23 @@ class _Described:
 
 
 def _aiogram_method_names() -> dict[str, str]:
-    try:
-        from aiogram import methods
-    except ImportError:  # pragma: no cover
+    """Real Bot API method names (lowercased -> canonical), from aiogram's ``methods/`` files.
+
+    Read from file names rather than imported: importing aiogram.types costs seconds.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("aiogram")
+    if spec is None or not spec.submodule_search_locations:
         return {}
     names: dict[str, str] = {}
-    for cls_name in getattr(methods, "__all__", []):
-        cls = getattr(methods, cls_name)
-        api_name = getattr(cls, "__api_method__", None)
-        if isinstance(api_name, str):
+    for location in spec.submodule_search_locations:
+        for path in (Path(location) / "methods").glob("*.py"):
+            if path.stem.startswith("_") or path.stem == "base":
+                continue
+            head, *rest = path.stem.split("_")
+            api_name = head + "".join(part.capitalize() for part in rest)
             names[api_name.lower()] = api_name
     return names
 
