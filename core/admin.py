@@ -47,11 +47,24 @@ async def _grant(turn: Turn, args: str) -> None:
         select(RoleGrant).where(RoleGrant.person_id == person.id, RoleGrant.role == role.value)
     )
     if exists.first() is None:
-        turn.session.add(RoleGrant(person_id=person.id, role=role.value,  # type: ignore[arg-type]
-                                   granted_by=turn.person.id, granted_at=turn.now))
-        turn.session.add(AuditLog(at=turn.now, actor_person_id=turn.person.id,
-                                  actor=turn.person.case_code, action="role.grant",
-                                  subject=person.case_code, detail=role.value))
+        turn.session.add(
+            RoleGrant(
+                person_id=person.id,
+                role=role.value,  # type: ignore[arg-type]
+                granted_by=turn.person.id,
+                granted_at=turn.now,
+            )
+        )
+        turn.session.add(
+            AuditLog(
+                at=turn.now,
+                actor_person_id=turn.person.id,
+                actor=turn.person.case_code,
+                action="role.grant",
+                subject=person.case_code,
+                detail=role.value,
+            )
+        )
     turn.say("admin.granted", code=person.case_code, role=turn.t(f"role.{role.value}"))
 
 
@@ -63,9 +76,19 @@ async def _revoke(turn: Turn, args: str) -> None:
     if target is None:
         return
     person, role = target
-    await turn.session.exec(delete(RoleGrant).where(  # type: ignore[call-overload]
-        col(RoleGrant.person_id) == person.id, col(RoleGrant.role) == role.value))
-    turn.session.add(AuditLog(at=turn.now, actor_person_id=turn.person.id,
-                              actor=turn.person.case_code, action="role.revoke",
-                              subject=person.case_code, detail=role.value))
+    await turn.session.exec(
+        delete(RoleGrant).where(  # type: ignore[call-overload]
+            col(RoleGrant.person_id) == person.id, col(RoleGrant.role) == role.value
+        )
+    )
+    turn.session.add(
+        AuditLog(
+            at=turn.now,
+            actor_person_id=turn.person.id,
+            actor=turn.person.case_code,
+            action="role.revoke",
+            subject=person.case_code,
+            detail=role.value,
+        )
+    )
     turn.say("admin.revoked", code=person.case_code, role=turn.t(f"role.{role.value}"))

@@ -19,7 +19,7 @@ def site_from_start_args(args: str) -> str | None:
     """The site code in a deep link's payload (``/start site_a12`` → ``a12``)."""
     payload = args.strip().split(" ")[0].lower() if args.strip() else ""
     if payload.startswith(SITE_PREFIX) and len(payload) > len(SITE_PREFIX):
-        return payload[len(SITE_PREFIX):][:32]
+        return payload[len(SITE_PREFIX) :][:32]
     return None
 
 
@@ -83,7 +83,10 @@ async def _start(turn: Turn, args: str) -> None:
         return
     if site:
         turn.data["site"] = site
-    if turn.person.state in ("new", "onb_language", "limited") or turn.person.consent_version is None:
+    if (
+        turn.person.state in ("new", "onb_language", "limited")
+        or turn.person.consent_version is None
+    ):
         pending = turn.data.get("site")
         turn.goto("onb_language", **({"site": pending} if pending else {}))
     await turn.prompt()
@@ -98,8 +101,12 @@ async def _prompt_language(turn: Turn) -> None:
 
 
 def _language_buttons(turn: Turn) -> list[list[Button]]:
-    return [[Button(turn.engine.catalogs.t(lang, "language.self_name"), "lang", lang)
-             for lang in turn.engine.config.languages]]
+    return [
+        [
+            Button(turn.engine.catalogs.t(lang, "language.self_name"), "lang", lang)
+            for lang in turn.engine.config.languages
+        ]
+    ]
 
 
 async def _choose_language(turn: Turn, lang: str) -> None:
@@ -126,8 +133,10 @@ async def _prompt_consent(turn: Turn) -> None:
         version=CONSENT_VERSION,
         buttons=[
             [turn.button("button.consent_agree", "consent.agree")],
-            [turn.button("button.consent_more", "consent.more"),
-             turn.button("button.consent_decline", "consent.decline")],
+            [
+                turn.button("button.consent_more", "consent.more"),
+                turn.button("button.consent_decline", "consent.decline"),
+            ],
         ],
     )
 
@@ -225,8 +234,10 @@ async def _choose_relation(turn: Turn, relation: str) -> None:
 async def _prompt_age(turn: Turn) -> None:
     turn.say(
         "onboarding.age",
-        buttons=[[turn.button(f"age.{a}", "age", a) for a in AGE_BANDS[:3]],
-                 [turn.button(f"age.{a}", "age", a) for a in AGE_BANDS[3:]]],
+        buttons=[
+            [turn.button(f"age.{a}", "age", a) for a in AGE_BANDS[:3]],
+            [turn.button(f"age.{a}", "age", a) for a in AGE_BANDS[3:]],
+        ],
     )
 
 
@@ -321,5 +332,8 @@ async def _stop(turn: Turn, _arg: str) -> None:
 
 async def _whoami(turn: Turn, _arg: str) -> None:
     roles = sorted(r.value for r in turn.roles if r != Role.RESIDENT)
-    turn.say("whoami.text", code=turn.person.case_code,
-             roles=", ".join(turn.t(f"role.{r}") for r in roles) or turn.t("role.resident"))
+    turn.say(
+        "whoami.text",
+        code=turn.person.case_code,
+        roles=", ".join(turn.t(f"role.{r}") for r in roles) or turn.t("role.resident"),
+    )

@@ -92,8 +92,9 @@ async def queue(
                 due_at=now,
                 created_at=now,
                 dedupe_key=(
-                    f"{message.dedupe_key}#{index}" if message.dedupe_key and index else
-                    message.dedupe_key
+                    f"{message.dedupe_key}#{index}"
+                    if message.dedupe_key and index
+                    else message.dedupe_key
                 ),
             )
             session.add(row)
@@ -185,8 +186,9 @@ class RateLimits:
     def allows(self, chat_id: str, chat_kind: str) -> bool:
         """Whether a message to this chat may go now."""
         if self._global is None:
-            self._global = TokenBucket(self.global_per_second, self.global_per_second,
-                                       self.monotonic)
+            self._global = TokenBucket(
+                self.global_per_second, self.global_per_second, self.monotonic
+            )
         return self._global.ready() and self._bucket(chat_id, chat_kind).ready()
 
     def spend(self, chat_id: str, chat_kind: str) -> None:
@@ -255,8 +257,9 @@ class DeliveryWorker:
 
         released = await self.db.run(work)
         if released:
-            log.warning("%s: %d rows claimed by a stopped worker are queued again",
-                        self.channel, released)
+            log.warning(
+                "%s: %d rows claimed by a stopped worker are queued again", self.channel, released
+            )
         return released
 
     async def run_forever(self) -> None:
@@ -343,7 +346,9 @@ class DeliveryWorker:
             outcome = SendOutcome("retry", error=f"{type(exc).__name__}: {exc}"[:500])
         await self.db.run(lambda s: self._record(s, row, outcome))
 
-    async def _record(self, session: AsyncSession, row: OutboxMessage, outcome: SendOutcome) -> None:
+    async def _record(
+        self, session: AsyncSession, row: OutboxMessage, outcome: SendOutcome
+    ) -> None:
         now = self.clock.now()
         fresh = await session.get(OutboxMessage, row.id)
         if fresh is None:  # erased with its person while in flight
@@ -364,11 +369,11 @@ class DeliveryWorker:
         ):
             fresh.status = "failed"
             fresh.error = outcome.error[:500]
-            log.error("%s outbox row %s failed for good: %s", self.channel, fresh.id,
-                      outcome.error)
+            log.error("%s outbox row %s failed for good: %s", self.channel, fresh.id, outcome.error)
         else:
-            wait = outcome.retry_after if outcome.retry_after is not None else backoff(
-                fresh.attempts)
+            wait = (
+                outcome.retry_after if outcome.retry_after is not None else backoff(fresh.attempts)
+            )
             fresh.status = "pending"
             fresh.hold_until = now + timedelta(seconds=wait)
             fresh.error = outcome.error[:500]

@@ -43,8 +43,10 @@ async def _overview(turn: Turn, _arg: str) -> None:
         status = turn.t("privacy.status_given", version=person.consent_version)
     else:
         status = turn.t("privacy.status_none")
-    rows = [[turn.button("button.privacy_export", "privacy.export")],
-            [turn.button("button.privacy_erase", "privacy.erase")]]
+    rows = [
+        [turn.button("button.privacy_export", "privacy.export")],
+        [turn.button("button.privacy_erase", "privacy.erase")],
+    ]
     if person.consent_version is not None:
         rows.append([turn.button("button.privacy_withdraw", "privacy.withdraw")])
     else:
@@ -57,12 +59,16 @@ async def export_person(session: AsyncSession, person: Person) -> dict[str, Any]
     """Everything Anxin keeps about ``person``, as a JSON-ready dict."""
     grants = (await session.exec(select(RoleGrant).where(RoleGrant.person_id == person.id))).all()
     transcript = (
-        await session.exec(
-            select(WebTranscript)
-            .where(WebTranscript.chat_id == person.chat_id)
-            .order_by(col(WebTranscript.id))
-        )
-    ).all() if person.channel == "web" else []
+        (
+            await session.exec(
+                select(WebTranscript)
+                .where(WebTranscript.chat_id == person.chat_id)
+                .order_by(col(WebTranscript.id))
+            )
+        ).all()
+        if person.channel == "web"
+        else []
+    )
     data: dict[str, Any] = {
         "case_code": person.case_code,
         "channel": person.channel,
@@ -75,8 +81,11 @@ async def export_person(session: AsyncSession, person: Person) -> dict[str, Any]
         "created_at": person.created_at.isoformat(),
         "roles": [g.role for g in grants],
         "web_chat": [
-            {"at": r.created_at.isoformat(), "from": "you" if r.direction == "in" else "anxin",
-             "text": r.text}
+            {
+                "at": r.created_at.isoformat(),
+                "from": "you" if r.direction == "in" else "anxin",
+                "text": r.text,
+            }
             for r in transcript
         ],
     }
@@ -89,11 +98,18 @@ async def export_person(session: AsyncSession, person: Person) -> dict[str, Any]
 async def _export(turn: Turn, _arg: str) -> None:
     data = await export_person(turn.session, turn.person)
     body = json.dumps(data, ensure_ascii=False, indent=2)
-    turn.send(turn.t("privacy.export_ready"),
-              document=(f"anxin-{turn.person.case_code}.json", body))
-    turn.session.add(AuditLog(at=turn.now, actor_person_id=turn.person.id,
-                              actor=turn.person.case_code, action="privacy.export",
-                              subject=turn.person.case_code))
+    turn.send(
+        turn.t("privacy.export_ready"), document=(f"anxin-{turn.person.case_code}.json", body)
+    )
+    turn.session.add(
+        AuditLog(
+            at=turn.now,
+            actor_person_id=turn.person.id,
+            actor=turn.person.case_code,
+            action="privacy.export",
+            subject=turn.person.case_code,
+        )
+    )
 
 
 async def _erase_ask(turn: Turn, _arg: str) -> None:
@@ -109,8 +125,10 @@ async def _erase_ask(turn: Turn, _arg: str) -> None:
 async def _prompt_erase(turn: Turn) -> None:
     turn.say(
         "privacy.erase_confirm",
-        buttons=[[turn.button("button.erase_yes", "privacy.erase.confirm")],
-                 [turn.button("button.erase_no", "privacy.erase.cancel")]],
+        buttons=[
+            [turn.button("button.erase_yes", "privacy.erase.confirm")],
+            [turn.button("button.erase_no", "privacy.erase.cancel")],
+        ],
     )
 
 
@@ -137,23 +155,43 @@ async def erase_person(session: AsyncSession, person: Person, turn: Turn) -> Non
     audit log keeps only that the case code was erased.
     """
     confirmation = Outbound(
-        channel=person.channel, chat_id=person.chat_id, text=turn.t("privacy.erased"),
-        priority=Priority.REPLY, kind="reply",
+        channel=person.channel,
+        chat_id=person.chat_id,
+        text=turn.t("privacy.erased"),
+        priority=Priority.REPLY,
+        kind="reply",
     )
     session.expunge(person)
-    await session.exec(delete(OutboxMessage).where(  # type: ignore[call-overload]
-        col(OutboxMessage.person_id) == person.id, col(OutboxMessage.status) != "sending"))
+    await session.exec(
+        delete(OutboxMessage).where(  # type: ignore[call-overload]
+            col(OutboxMessage.person_id) == person.id, col(OutboxMessage.status) != "sending"
+        )
+    )
     if person.channel == "web":
-        await session.exec(delete(WebTranscript).where(  # type: ignore[call-overload]
-            col(WebTranscript.chat_id) == person.chat_id))
-    session.add(AuditLog(at=turn.now, actor_person_id=None, actor=person.case_code,
-                         action="privacy.erase", subject=person.case_code))
+        await session.exec(
+            delete(WebTranscript).where(  # type: ignore[call-overload]
+                col(WebTranscript.chat_id) == person.chat_id
+            )
+        )
+    session.add(
+        AuditLog(
+            at=turn.now,
+            actor_person_id=None,
+            actor=person.case_code,
+            action="privacy.erase",
+            subject=person.case_code,
+        )
+    )
     await session.exec(delete(Person).where(col(Person.id) == person.id))  # type: ignore[call-overload]
     turn.out = [confirmation]
     turn.person = Person(  # a detached stand-in so the turn can finish without the row
-        channel=person.channel, external_id=person.external_id, chat_id=person.chat_id,
-        case_code=person.case_code, created_at=person.created_at,
-        last_seen_at=person.last_seen_at, language=person.language,
+        channel=person.channel,
+        external_id=person.external_id,
+        chat_id=person.chat_id,
+        case_code=person.case_code,
+        created_at=person.created_at,
+        last_seen_at=person.last_seen_at,
+        language=person.language,
     )
     turn.erased = True
 
@@ -165,8 +203,15 @@ async def _withdraw(turn: Turn, _arg: str) -> None:
     person.site_code = None
     person.relation = None
     person.age_band = None
-    turn.session.add(AuditLog(at=turn.now, actor_person_id=person.id, actor=person.case_code,
-                              action="privacy.withdraw", subject=person.case_code))
+    turn.session.add(
+        AuditLog(
+            at=turn.now,
+            actor_person_id=person.id,
+            actor=person.case_code,
+            action="privacy.withdraw",
+            subject=person.case_code,
+        )
+    )
     turn.goto("limited")
     turn.say("privacy.withdrawn")
     await turn.prompt()

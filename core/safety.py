@@ -51,8 +51,18 @@ class HotlineResponder:
         site = turn.site_or_default
         if signal.level >= RiskLevel.HIGH:
             key = "safety.imminent" if signal.level == RiskLevel.IMMINENT else "safety.high"
-            turn.say(key, lines=hotline_text(turn, site, emergency_first=True),
-                     priority=Priority.CRISIS, kind="safety", buttons=[[turn.menu_button()]])
+            turn.say(
+                key,
+                lines=hotline_text(turn, site, emergency_first=True),
+                priority=Priority.CRISIS,
+                kind="safety",
+                buttons=[[turn.menu_button()]],
+            )
         elif signal.level == RiskLevel.MODERATE:
-            turn.say("safety.moderate", lines=hotline_text(turn, site),
-                     priority=Priority.CRISIS, kind="safety", buttons=[[turn.menu_button()]])
+            turn.say(
+                "safety.moderate",
+                lines=hotline_text(turn, site),
+                priority=Priority.CRISIS,
+                kind="safety",
+                buttons=[[turn.menu_button()]],
+            )

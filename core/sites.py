@@ -108,7 +108,9 @@ def _read_site(entry: dict[str, object], source: Path) -> Site:
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise SitesError(f"Site {code!r} in {source} has an unknown timezone {timezone!r}.") from None
+        raise SitesError(
+            f"Site {code!r} in {source} has an unknown timezone {timezone!r}."
+        ) from None
     lines: list[Hotline] = []
     for line in _list(entry.get("hotline")):
         number = str(line.get("number", "")).strip()
