@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import html
 import re
 from typing import Any
 
@@ -111,14 +112,19 @@ def parse_html(text: str) -> tuple[str, list[JSONDict]]:
                     "length": length16 - start,
                 }
                 entity.update(extras)
-                if entity["type"] == "pre" and "language" not in entity and entities:
+                if entity["type"] == "pre" and entities:
                     last = entities[-1]
-                    if last["type"] == "code" and last["offset"] >= start and "language" in last:
-                        entity["language"] = last.pop("language")
+                    if last["type"] == "code" and (last["offset"], last["length"]) == (
+                        start,
+                        entity["length"],
+                    ):  # <pre><code class="language-x"> is one pre entity with a language
+                        entities.pop()
+                        if "language" in last and "language" not in entity:
+                            entity["language"] = last["language"]
                 entities.append(entity)
         else:
             found = {
-                m.group(1).lower(): m.group(2) or m.group(3) or m.group(4) or ""
+                m.group(1).lower(): html.unescape(m.group(2) or m.group(3) or m.group(4) or "")
                 for m in _ATTR_RE.finditer(attrs)
             }
             extras = {}

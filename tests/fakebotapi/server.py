@@ -252,7 +252,6 @@ class FakeBotAPI:
             "can_connect_to_business": False,
             "has_main_web_app": False,
         }
-        self._first_update_id = first_update_id
         self._seed = seed
         self._runner: web.AppRunner | None = None
         self._http: ClientSession | None = None
@@ -265,12 +264,19 @@ class FakeBotAPI:
                 name = attr[3:]
                 self._methods[name.lower()] = (name, getattr(self, attr))
         self._known_methods = _aiogram_method_names()
+        # Kept across reset(): a bot that keeps polling must not see ids go backwards (its
+        # offset would silently confirm the new updates) nor its pending poll end in a 409.
+        self._update_ids = itertools.count(first_update_id)
+        self._poll_generation = 0
         self.reset()
 
     # ------------------------------------------------------------------ lifecycle
 
     def reset(self) -> None:
-        """Forget all state (users, chats, updates, records, faults, limits, webhook)."""
+        """Forget all state (users, chats, updates, records, faults, limits, webhook).
+
+        Update ids keep increasing across resets, so a bot that keeps polling is unaffected.
+        """
         self.calls: list[Call] = []
         self.sent: list[SentMessage] = []
         self.deleted: list[tuple[int, int]] = []
@@ -283,7 +289,6 @@ class FakeBotAPI:
         self.dropped_updates: list[JSONDict] = []  # filtered out by allowed_updates
         self.stats: Counter[str] = Counter()
         self.webhook: Webhook | None = None
-        self._update_ids = itertools.count(self._first_update_id)
         self._file_serial = itertools.count(1)
         self._query_serial = itertools.count(1)
         self._user_ids = itertools.count(5_210_000_001)
@@ -291,7 +296,6 @@ class FakeBotAPI:
         self._pending: list[_Pending] = []
         self._history: dict[int, JSONDict] = {}
         self._allowed: frozenset[str] = DEFAULT_ALLOWED_UPDATES
-        self._poll_generation = 0
         self._messages: dict[tuple[int, int], JSONDict] = {}
         self._message_ids: dict[int, itertools.count[int]] = {}
         self._chats: dict[int, JSONDict] = {}
