@@ -596,6 +596,8 @@ async def test_control_api_in_process(bot: Bot, api: FakeBotAPI) -> None:
         assert [m["text"] for m in await control.sent(13001)] == ["选择"]
         await control.reset()
         assert api.sent == [] and api.calls == []
+        after = await control.send_text(13001, "重置之后")
+        assert after["update_id"] > updates[-1].update_id  # ids never go backwards
 
 
 async def test_subprocess_server(tmp_path: Path) -> None:
