@@ -5,12 +5,13 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core import admin, onboarding, privacy
+from core import admin, assessment, onboarding, privacy
 from core.clock import Clock
 from core.config import SUPPORTED_LANGUAGES, Settings
 from core.conversation import ConversationEngine, EngineConfig
 from core.db import Database
 from core.i18n import Catalogs, load_catalogs
+from core.instruments import InstrumentRegistry, bundled_dir
 from core.sites import SiteDirectory, load_sites
 
 
@@ -51,5 +52,9 @@ def build_core(
     onboarding.register(engine)
     privacy.register(engine)
     admin.register(engine)
+    instruments = InstrumentRegistry.load(
+        [bundled_dir(), *settings.instruments_dirs], languages=SUPPORTED_LANGUAGES
+    )
+    assessment.register(engine, instruments)
     return Core(settings=settings, db=db, clock=clock, catalogs=catalogs, sites=sites,
                 engine=engine)

@@ -11,7 +11,7 @@ from core.instruments.loading import load_instrument
 
 DEFAULT_LANGUAGES = ("zh_Hans", "en")
 
-_AGE_RANGE = re.compile(r"^\s*(\d+)\s*(?:-|–|to)\s*(\d+)\s*$")
+_AGE_RANGE = re.compile(r"^\s*(\d+)\s*(?:-|–|_|to)\s*(\d+)\s*$")
 _AGE_FROM = re.compile(r"^\s*(\d+)\s*(?:\+|_?plus|_and_over|_or_over)\s*$")
 _AGE_UNDER = re.compile(r"^\s*(?:under_?|<\s*)(\d+)\s*$")
 
@@ -23,6 +23,8 @@ def bundled_dir() -> Path:
 
 def age_band_minimum(age_band: str) -> int:
     """Return the youngest age an age band can hold ("16-17" → 16, "65+" → 65, "under_16" → 0).
+
+    Onboarding's bands ("16_17", "18_39", "40_64", "65_plus") are read the same way.
 
     An unknown age ("unknown", "") counts as 0, so it never unlocks adult instruments.
     """
