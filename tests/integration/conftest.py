@@ -108,11 +108,15 @@ class BotUnderTest:
 
         def done() -> bool:
             hook = self.api.webhook
-            return hook is not None and [
-                uid
-                for uid, status in hook.deliveries
-                if isinstance(status, int) and 200 <= status < 300
-            ].count(update_id) >= times
+            return (
+                hook is not None
+                and [
+                    uid
+                    for uid, status in hook.deliveries
+                    if isinstance(status, int) and 200 <= status < 300
+                ].count(update_id)
+                >= times
+            )
 
         await self.api.wait_for(done, timeout=10)
 
@@ -140,7 +144,11 @@ class Resident:
         return await self.user.send_command(command)
 
     async def replies(
-        self, count: int = 1, *, contains: str | None = None, timeout: float = 10.0
+        self,
+        count: int = 1,
+        *,
+        contains: str | None = None,
+        timeout: float = 10.0,  # noqa: ASYNC109
     ) -> list[SentMessage]:
         """The next ``count`` messages the bot sent this person (each read once)."""
         return await self.user.wait_reply(count, contains=contains, timeout=timeout)
