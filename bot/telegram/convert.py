@@ -41,18 +41,24 @@ def message_inbound(message: Message, update_id: int, *, edited: bool = False) -
 def callback_inbound(query: CallbackQuery, update_id: int) -> Inbound | None:
     """Translate a button press; the data is only a token that core looks up."""
     message = query.message
-    chat_id = str(message.chat.id) if message is not None else str(query.from_user.id)
+    presser = str(query.from_user.id)
+    if message is None or message.chat.type == "private":
+        # A private chat is the presser's own: never let a press on a message of another
+        # person's chat move this person's replies (and chat id) over there.
+        chat_id, chat_kind = presser, "private"
+    else:
+        chat_id, chat_kind = str(message.chat.id), message.chat.type
     data = query.data or ""
     token = data[len(CALLBACK_PREFIX) :] if data.startswith(CALLBACK_PREFIX) else ""
     return Inbound(
         channel="telegram",
-        external_id=str(query.from_user.id),
+        external_id=presser,
         chat_id=chat_id,
         kind=InboundKind.BUTTON,
         token=token or "-",
         update_key=str(update_id),
         language_hint=query.from_user.language_code,
-        chat_kind=message.chat.type if message is not None else "private",
+        chat_kind=chat_kind,
     )
 
 
