@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from core.clock import Clock
 from core.config import ConfigError, Settings, load_settings
 
 DESCRIPTION = """Anxin (安心): psychological support for people in isolation.
@@ -228,7 +229,7 @@ def _instruments(args: argparse.Namespace, parser: argparse.ArgumentParser) -> i
     return 2
 
 
-def _clock():  # type: ignore[no-untyped-def]
+def _clock() -> Clock:
     from core.clock import SystemClock
 
     return SystemClock()

@@ -41,7 +41,7 @@ def _qr(data: str, size: int) -> Image.Image:
     code = qrcode.QRCode(error_correction=qrcode.constants.ERROR_CORRECT_M, border=2)
     code.add_data(data)
     code.make(fit=True)
-    image = code.make_image(fill_color="black", back_color="white").convert("RGB")
+    image: Image.Image = code.make_image(fill_color="black", back_color="white").convert("RGB")
     return image.resize((size, size), Image.Resampling.NEAREST)
 
 

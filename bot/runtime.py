@@ -6,16 +6,18 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from fastapi import FastAPI
 
 from bot.telegram.channel import TelegramChannel
 from bot.telegram.delivery import TelegramSender
 from bot.web.app import WEBHOOK_PATH, create_app
 from bot.web.hub import WebHub
-from core import sweeps
+from core import escalation, sweeps
 from core.clock import Clock, SystemClock
 from core.config import Settings
 from core.db import Database
@@ -62,7 +64,10 @@ class Runtime:
         telegram = None
         if settings.telegram_token:
             telegram = TelegramChannel(
-                settings.telegram_token, settings.telegram_api_url, core.engine
+                settings.telegram_token,
+                settings.telegram_api_url,
+                core.engine,
+                settings.staff_chat_id,
             )
             workers["telegram"] = DeliveryWorker(
                 db, TelegramSender(telegram.bot), clock, telegram_limits or RateLimits()
@@ -83,7 +88,7 @@ class Runtime:
             workers=workers,
         )
 
-    def app(self):  # type: ignore[no-untyped-def]
+    def app(self) -> FastAPI:
         """The FastAPI application for this runtime."""
         return create_app(self)
 
@@ -110,6 +115,16 @@ class Runtime:
                 id="forget_old_buttons",
                 replace_existing=True,
             )
+            self.scheduler.add_job(
+                escalation.sweep_pages,
+                "interval",
+                seconds=15,
+                args=[self.core.engine],
+                id="escalation_pages",
+                replace_existing=True,
+                max_instances=1,
+                coalesce=True,
+            )
             for name, worker in self.workers.items():
                 self.scheduler.add_job(
                     worker.release_stale_claims,
@@ -134,8 +149,7 @@ class Runtime:
                 lifespan="off",
                 proxy_headers=True,
             )
-            self.server = uvicorn.Server(config)
-            self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+            self.server = _QuietServer(config)
             self.tasks.append(asyncio.create_task(self.server.serve()))
 
     async def stop(self) -> None:
@@ -176,3 +190,11 @@ class Runtime:
         await asyncio.wait([waiter, *self.tasks], return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
         await self.stop()
+
+
+class _QuietServer(uvicorn.Server):
+    """uvicorn without its own signal handlers: the runtime owns SIGINT and SIGTERM."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield

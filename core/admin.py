@@ -43,6 +43,7 @@ async def _grant(turn: Turn, args: str) -> None:
     if target is None:
         return
     person, role = target
+    assert person.id is not None
     exists = await turn.session.exec(
         select(RoleGrant).where(RoleGrant.person_id == person.id, RoleGrant.role == role.value)
     )
@@ -50,7 +51,7 @@ async def _grant(turn: Turn, args: str) -> None:
         turn.session.add(
             RoleGrant(
                 person_id=person.id,
-                role=role.value,  # type: ignore[arg-type]
+                role=role.value,
                 granted_by=turn.person.id,
                 granted_at=turn.now,
             )
@@ -77,7 +78,7 @@ async def _revoke(turn: Turn, args: str) -> None:
         return
     person, role = target
     await turn.session.exec(
-        delete(RoleGrant).where(  # type: ignore[call-overload]
+        delete(RoleGrant).where(
             col(RoleGrant.person_id) == person.id, col(RoleGrant.role) == role.value
         )
     )

@@ -155,7 +155,6 @@ def _draft_in(raw_state_data: str) -> Draft | None:
 
 def register(engine: ConversationEngine, registry: InstrumentRegistry) -> None:
     """Register the self-check flow, /results, its menu entries and its privacy hooks."""
-    from core import privacy
     from core.conversation import MenuEntry
 
     flow = AssessmentFlow(registry)
@@ -198,8 +197,7 @@ def register(engine: ConversationEngine, registry: InstrumentRegistry) -> None:
     # Just after SOS, so the self-check is near the top of the menu.
     at = next((i + 1 for i, e in enumerate(engine.menu) if e.key == "sos"), len(engine.menu))
     engine.menu[at:at] = entries
-    if _export_results not in privacy.export_hooks:  # one hook, however many cores are built
-        privacy.export_hooks.append(_export_results)
+    engine.export_hooks.append(_export_results)
 
 
 # The flow -------------------------------------------------------------------------------------

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     public_url: str = ""
     webhook_secret: str = ""
     staff_chat_id: str = ""
+    backup_chat_id: str = ""
+    repage_minutes: float = Field(default=2.0, gt=0)
+    supervisor_minutes: float = Field(default=5.0, gt=0)
     admins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     default_language: str = "zh_Hans"
     sites_file: Path | None = None
@@ -87,7 +90,8 @@ class Settings(BaseSettings):
             )
         if self.telegram_token and ":" not in self.telegram_token:
             raise ValueError(
-                "ANXIN_TELEGRAM_TOKEN does not look like a bot token (digits:letters from @BotFather)."
+                "ANXIN_TELEGRAM_TOKEN does not look like a bot token "
+                "(digits:letters from @BotFather)."
             )
         return self
 

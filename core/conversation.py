@@ -74,6 +74,9 @@ class EngineConfig:
     languages: tuple[str, ...] = ("zh_Hans", "en")
     admins: dict[str, set[str]] = field(default_factory=dict)
     staff_chat_id: str = ""
+    backup_chat_id: str = ""
+    repage_minutes: float = 2.0
+    supervisor_minutes: float = 5.0
 
 
 class Turn:
@@ -159,11 +162,13 @@ class Turn:
         kind: str = "reply",
         document: tuple[str, str] | None = None,
     ) -> None:
-        """Queue already-translated text to this person."""
+        """Queue already-translated text to this person, in the chat they wrote from."""
+        in_group = self.inbound.chat_kind != "private" and self.inbound.channel == "telegram"
         self.out.append(
             Outbound(
                 channel=self.person.channel,
-                chat_id=self.person.chat_id,
+                chat_id=self.inbound.chat_id if in_group else self.person.chat_id,
+                chat_kind="group" if in_group else "private",
                 text=text,
                 buttons=buttons or [],
                 priority=priority,
@@ -172,6 +177,36 @@ class Turn:
                 document=document,
             )
         )
+
+    def send_to(
+        self,
+        person: Person,
+        text: str,
+        *,
+        buttons: list[list[Button]] | None = None,
+        priority: Priority = Priority.REPLY,
+        kind: str = "reply",
+    ) -> None:
+        """Queue already-translated text to another person's private chat."""
+        self.out.append(
+            Outbound(
+                channel=person.channel,
+                chat_id=person.chat_id,
+                text=text,
+                buttons=buttons or [],
+                priority=priority,
+                kind=kind,
+                person_id=person.id,
+                seq_holder=person,
+            )
+        )
+
+    def move(self, person: Person, state: str, **data: Any) -> None:
+        """Move another person's conversation to ``state`` (their old buttons go stale)."""
+        person.state = state
+        person.state_data = json.dumps(data, ensure_ascii=False)
+        person.state_seq += 1
+        self.session.add(person)
 
     def to_staff(
         self,
@@ -193,7 +228,7 @@ class Turn:
                 buttons=buttons or [],
                 priority=priority,
                 kind=kind,
-                person_id=self.person.id if buttons else None,
+                person_id=None,
             )
         )
         return True
@@ -234,9 +269,21 @@ class ConversationEngine:
         self.prompts: dict[str, Callable[[Turn], Awaitable[None]]] = {}
         self.menu: list[MenuEntry] = []
         self.open_commands: set[str] = set()
+        #: States in which a human holds the conversation: the bot's own menus stay away.
+        self.holding_states: dict[str, Handler] = {}
+        #: States whose typed text is not read for the typist's own risk (a counselor's relay).
+        self.untriaged_states: set[str] = set()
+        #: Commands that work even while a human holds the conversation.
+        self.always_commands: set[str] = {"sos"}
+        #: Asks the staff chat whether a platform user is a member (set by the Telegram adapter).
+        self.staff_member: Callable[[str, str], Awaitable[bool]] | None = None
         self.triage: TriageHook | None = None
         self.risk: RiskResponder = HotlineResponder()
         self.after_turn: list[Callable[[Turn], Awaitable[None]]] = []
+        #: Feature modules add what they keep about a person to the data export.
+        self.export_hooks: list[Callable[[AsyncSession, Person], Awaitable[tuple[str, Any]]]] = []
+        #: Feature modules say why erasure must wait (a catalog key), or None.
+        self.erasure_blockers: list[Callable[[AsyncSession, Person], Awaitable[str | None]]] = []
 
     # Registration -----------------------------------------------------------------------
 
@@ -255,11 +302,23 @@ class ConversationEngine:
         name: str,
         prompt: Callable[[Turn], Awaitable[None]],
         on_text: Handler | None = None,
+        *,
+        holding: Handler | None = None,
+        triage: bool = True,
     ) -> None:
-        """Register a conversation state: how to show it, and what typed text does there."""
+        """Register a conversation state: how to show it, and what typed text does there.
+
+        ``holding`` marks a state in which a human holds the conversation: commands and menu
+        buttons are answered by it instead of the bot's flows. ``triage=False`` skips reading
+        the typist's text for their own risk (a counselor relaying to a resident).
+        """
         self.prompts[name] = prompt
         if on_text is not None:
             self.text_handlers[name] = on_text
+        if holding is not None:
+            self.holding_states[name] = holding
+        if not triage:
+            self.untriaged_states.add(name)
 
     # Handling ----------------------------------------------------------------------------
 
@@ -304,17 +363,23 @@ class ConversationEngine:
         return HandleResult(notice=turn.notice, person_id=person.id)
 
     async def _person(self, session: AsyncSession, inbound: Inbound, now: datetime) -> Person:
-        found = await session.exec(
+        query = (
             select(Person)
             .where(Person.channel == inbound.channel)
             .where(Person.external_id == inbound.external_id)
         )
+        if not self.db.is_sqlite:
+            # Two events of one person (a double tap) are handled one after the other.
+            query = query.with_for_update()
+        found = await session.exec(query)
         person = found.first()
         if person is None:
             person = Person(
                 channel=inbound.channel,
                 external_id=inbound.external_id,
-                chat_id=inbound.chat_id,
+                # Someone first seen in a group gets replies in their private chat, whose id
+                # on Telegram is their user id.
+                chat_id=inbound.chat_id if inbound.chat_kind == "private" else inbound.external_id,
                 case_code=await self._new_case_code(session),
                 language=guess_language(inbound.language_hint, self.config),
                 created_at=now,
@@ -354,7 +419,8 @@ class ConversationEngine:
 
     async def _button(self, turn: Turn) -> None:
         token = await turn.session.get(ButtonToken, turn.inbound.token[:32])
-        if token is None or token.person_id != turn.person.id:
+        staff_button = token is not None and token.person_id is None
+        if token is None or (not staff_button and token.person_id != turn.person.id):
             # Unknown or someone else's: never reveal which, never act on it.
             turn.notice = turn.t("input.button_invalid")
             turn.say("input.button_invalid")
@@ -365,7 +431,11 @@ class ConversationEngine:
             turn.notice = turn.t("input.button_invalid")
             await self.prompt(turn)
             return
-        if not spec.any_step and token.state_seq != turn.person.state_seq:
+        holding = self.holding_states.get(turn.person.state)
+        if holding is not None and not staff_button and token.action not in self.always_commands:
+            await holding(turn, token.action)
+            return
+        if not staff_button and not spec.any_step and token.state_seq != turn.person.state_seq:
             turn.notice = turn.t("input.button_stale")
             turn.say("input.button_stale")
             await self.prompt(turn)
@@ -378,6 +448,10 @@ class ConversationEngine:
         if handler is None:
             turn.say("input.unknown_command", command=name[:32])
             await self.prompt(turn)
+            return
+        holding = self.holding_states.get(turn.person.state)
+        if holding is not None and name not in self.always_commands:
+            await holding(turn, name)
             return
         if not turn.onboarded and name not in self.open_commands:
             turn.say("onboarding.finish_first")
@@ -403,7 +477,7 @@ class ConversationEngine:
 
     async def _read_for_risk(self, turn: Turn, text: str) -> bool:
         """Run triage on a message; True when a high-risk answer replaced the normal reply."""
-        if self.triage is None or not text.strip():
+        if self.triage is None or not text.strip() or turn.person.state in self.untriaged_states:
             return False
         verdict = self.triage(turn, text)
         turn.risk_level = verdict.level

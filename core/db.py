@@ -15,9 +15,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 from sqlmodel import SQLModel
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-import core.assessment  # noqa: F401
-from core import models  # noqa: F401  (registers the tables on SQLModel.metadata)
-
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -49,9 +46,7 @@ class Database:
         async with AsyncSession(self.engine, expire_on_commit=False) as session:
             yield session
 
-    async def run(
-        self, work: Callable[[AsyncSession], Awaitable[T]], *, attempts: int = 6
-    ) -> T:
+    async def run(self, work: Callable[[AsyncSession], Awaitable[T]], *, attempts: int = 6) -> T:
         """Run ``work`` in one transaction and commit, retrying while the database is busy.
 
         A briefly locked SQLite file or a dropped PostgreSQL connection is retried with
@@ -85,6 +80,8 @@ class Database:
 
     async def create_all(self) -> None:
         """Create every table directly (tests); deployments use ``upgrade``."""
+        import core.tables  # noqa: F401  (every table on the metadata)
+
         async with self.engine.begin() as conn:
             await conn.run_sync(SQLModel.metadata.create_all)
 

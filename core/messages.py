@@ -35,6 +35,9 @@ class Button:
     label: str
     action: str
     arg: str = ""
+    #: "person": only the person it was drawn for may press it; "staff": anyone in the staff
+    #: chat may, and the action checks their role.
+    scope: str = "person"
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,9 @@ class Outbound:
     chat_kind: str = "private"
     document: tuple[str, str] | None = None
     dedupe_key: str | None = None
+    #: Whose conversation step the buttons belong to, when not the turn's own person
+    #: (any object with ``state_seq``, read when the message is queued).
+    seq_holder: object | None = None
 
 
 @dataclass(frozen=True)

@@ -111,7 +111,10 @@ class ButtonToken(SQLModel, table=True):
     __tablename__ = "button_token"
 
     token: str = Field(primary_key=True, max_length=32)
-    person_id: int = Field(foreign_key="person.id", index=True, ondelete="CASCADE")
+    # None: a staff-chat button anyone may press; its action checks their role.
+    person_id: int | None = Field(
+        default=None, foreign_key="person.id", index=True, ondelete="CASCADE"
+    )
     action: str = Field(max_length=48)
     arg: str = Field(default="", max_length=256)
     state_seq: int

@@ -13,6 +13,7 @@ import json
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -74,7 +75,8 @@ async def queue(
     """
     rows: list[OutboxMessage] = []
     for message in messages:
-        drawn = await _draw_buttons(session, message, now, state_seq)
+        seq = getattr(message.seq_holder, "state_seq", state_seq)
+        drawn = await _draw_buttons(session, message, now, seq)
         parts = split_text(message.text) if message.text else [""]
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
@@ -109,13 +111,13 @@ async def _draw_buttons(
     for line in message.buttons:
         drawn_line: list[dict[str, str]] = []
         for button in line:
-            if message.person_id is None:
+            if message.person_id is None and button.scope != "staff":
                 raise ValueError("buttons need a person to bind their tokens to")
             token = new_token()
             session.add(
                 ButtonToken(
                     token=token,
-                    person_id=message.person_id,
+                    person_id=None if button.scope == "staff" else message.person_id,
                     action=button.action,
                     arg=button.arg,
                     state_seq=state_seq or 0,
@@ -158,16 +160,56 @@ class TokenBucket:
         return 0.0 if self.tokens >= 1 else (1 - self.tokens) / self.rate
 
 
+class SlidingWindow:
+    """A rate limit: at most ``limit`` sends in any ``window`` seconds.
+
+    Used for the overall limit, where a token bucket's full burst on top of its refill would
+    let nearly twice the limit go out in the first second of a broadcast.
+    """
+
+    def __init__(self, limit: float, window: float, monotonic: Callable[[], float]) -> None:
+        self.limit = max(1, int(limit))
+        self.window = window
+        self.monotonic = monotonic
+        self.stamps: deque[float] = deque()
+
+    def _forget(self) -> float:
+        now = self.monotonic()
+        while self.stamps and self.stamps[0] <= now - self.window:
+            self.stamps.popleft()
+        return now
+
+    def ready(self) -> bool:
+        """Whether one more send fits now."""
+        self._forget()
+        return len(self.stamps) < self.limit
+
+    def take(self) -> None:
+        """Spend one send."""
+        self.stamps.append(self._forget())
+
+    def wait_time(self) -> float:
+        """Seconds until one more send fits."""
+        now = self._forget()
+        if len(self.stamps) < self.limit:
+            return 0.0
+        return max(0.0, self.stamps[0] + self.window - now)
+
+
 @dataclass
 class RateLimits:
-    """A platform's limits: overall, per private chat, per group (Telegram's by default)."""
+    """A platform's limits: overall, per private chat, per group (Telegram's by default).
+
+    Overall at most ``global_per_second`` in any second; a private chat ``chat_per_second``
+    after a burst of ``chat_burst``; a group ``group_per_minute``.
+    """
 
     global_per_second: float = 30.0
     chat_per_second: float = 1.0
     chat_burst: float = 3.0
     group_per_minute: float = 20.0
     monotonic: Callable[[], float] = time.monotonic
-    _global: TokenBucket | None = field(default=None, init=False)
+    _global: SlidingWindow | None = field(default=None, init=False)
     _chats: dict[str, TokenBucket] = field(default_factory=dict, init=False)
 
     def _bucket(self, chat_id: str, chat_kind: str) -> TokenBucket:
@@ -186,9 +228,7 @@ class RateLimits:
     def allows(self, chat_id: str, chat_kind: str) -> bool:
         """Whether a message to this chat may go now."""
         if self._global is None:
-            self._global = TokenBucket(
-                self.global_per_second, self.global_per_second, self.monotonic
-            )
+            self._global = SlidingWindow(self.global_per_second, 1.0, self.monotonic)
         return self._global.ready() and self._bucket(chat_id, chat_kind).ready()
 
     def spend(self, chat_id: str, chat_kind: str) -> None:
@@ -246,7 +286,7 @@ class DeliveryWorker:
         cutoff = self.clock.now() - STALE_CLAIM
 
         async def work(session: AsyncSession) -> int:
-            result = await session.exec(  # type: ignore[call-overload]
+            result = await session.exec(
                 update(OutboxMessage)
                 .where(col(OutboxMessage.channel) == self.channel)
                 .where(col(OutboxMessage.status) == "sending")
@@ -380,7 +420,7 @@ class DeliveryWorker:
         session.add(fresh)
 
     async def _mark_blocked(self, session: AsyncSession, row: OutboxMessage, now: datetime) -> None:
-        await session.exec(  # type: ignore[call-overload]
+        await session.exec(
             update(OutboxMessage)
             .where(col(OutboxMessage.channel) == row.channel)
             .where(col(OutboxMessage.chat_id) == row.chat_id)
@@ -388,7 +428,7 @@ class DeliveryWorker:
             .values(status="blocked", error="the person blocked the bot")
         )
         if row.chat_kind == "private":
-            await session.exec(  # type: ignore[call-overload]
+            await session.exec(
                 update(Person)
                 .where(col(Person.channel) == row.channel)
                 .where(col(Person.chat_id) == row.chat_id)

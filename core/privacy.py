@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from sqlalchemy import delete
@@ -15,14 +14,6 @@ from core.messages import Outbound, Priority
 from core.models import AuditLog, OutboxMessage, Person, RoleGrant, WebTranscript
 
 CONSENT_VERSION = 1
-
-#: Feature modules add what they keep about a person to the export (name → rows).
-ExportHook = Callable[[AsyncSession, Person], Awaitable[tuple[str, Any]]]
-#: Feature modules say why erasure must wait (catalog key), or None.
-ErasureBlocker = Callable[[AsyncSession, Person], Awaitable[str | None]]
-
-export_hooks: list[ExportHook] = []
-erasure_blockers: list[ErasureBlocker] = []
 
 
 def register(engine: ConversationEngine) -> None:
@@ -55,7 +46,9 @@ async def _overview(turn: Turn, _arg: str) -> None:
     turn.say("privacy.overview", status=status, code=person.case_code, buttons=rows)
 
 
-async def export_person(session: AsyncSession, person: Person) -> dict[str, Any]:
+async def export_person(
+    engine: ConversationEngine, session: AsyncSession, person: Person
+) -> dict[str, Any]:
     """Everything Anxin keeps about ``person``, as a JSON-ready dict."""
     grants = (await session.exec(select(RoleGrant).where(RoleGrant.person_id == person.id))).all()
     transcript = (
@@ -89,14 +82,14 @@ async def export_person(session: AsyncSession, person: Person) -> dict[str, Any]
             for r in transcript
         ],
     }
-    for hook in export_hooks:
+    for hook in engine.export_hooks:
         name, rows = await hook(session, person)
         data[name] = rows
     return data
 
 
 async def _export(turn: Turn, _arg: str) -> None:
-    data = await export_person(turn.session, turn.person)
+    data = await export_person(turn.engine, turn.session, turn.person)
     body = json.dumps(data, ensure_ascii=False, indent=2)
     turn.send(
         turn.t("privacy.export_ready"), document=(f"anxin-{turn.person.case_code}.json", body)
@@ -113,7 +106,7 @@ async def _export(turn: Turn, _arg: str) -> None:
 
 
 async def _erase_ask(turn: Turn, _arg: str) -> None:
-    for blocker in erasure_blockers:
+    for blocker in turn.engine.erasure_blockers:
         reason = await blocker(turn.session, turn.person)
         if reason:
             turn.say(reason, buttons=[[turn.menu_button()]])
@@ -139,7 +132,7 @@ async def _erase_cancel(turn: Turn, _arg: str) -> None:
 
 
 async def _erase_confirm(turn: Turn, _arg: str) -> None:
-    for blocker in erasure_blockers:
+    for blocker in turn.engine.erasure_blockers:
         reason = await blocker(turn.session, turn.person)
         if reason:
             turn.goto("menu" if turn.onboarded else "limited")
@@ -163,15 +156,13 @@ async def erase_person(session: AsyncSession, person: Person, turn: Turn) -> Non
     )
     session.expunge(person)
     await session.exec(
-        delete(OutboxMessage).where(  # type: ignore[call-overload]
+        delete(OutboxMessage).where(
             col(OutboxMessage.person_id) == person.id, col(OutboxMessage.status) != "sending"
         )
     )
     if person.channel == "web":
         await session.exec(
-            delete(WebTranscript).where(  # type: ignore[call-overload]
-                col(WebTranscript.chat_id) == person.chat_id
-            )
+            delete(WebTranscript).where(col(WebTranscript.chat_id) == person.chat_id)
         )
     session.add(
         AuditLog(
@@ -182,7 +173,7 @@ async def erase_person(session: AsyncSession, person: Person, turn: Turn) -> Non
             subject=person.case_code,
         )
     )
-    await session.exec(delete(Person).where(col(Person.id) == person.id))  # type: ignore[call-overload]
+    await session.exec(delete(Person).where(col(Person.id) == person.id))
     turn.out = [confirmation]
     turn.person = Person(  # a detached stand-in so the turn can finish without the row
         channel=person.channel,

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core import admin, assessment, onboarding, privacy
+from core import admin, assessment, escalation, onboarding, privacy
 from core.clock import Clock
 from core.config import SUPPORTED_LANGUAGES, Settings
 from core.conversation import ConversationEngine, EngineConfig
@@ -13,6 +14,7 @@ from core.db import Database
 from core.i18n import Catalogs, load_catalogs
 from core.instruments import InstrumentRegistry, bundled_dir
 from core.sites import SiteDirectory, load_sites
+from core.triage import Triage
 
 
 @dataclass
@@ -34,7 +36,16 @@ def engine_config(settings: Settings) -> EngineConfig:
         languages=SUPPORTED_LANGUAGES,
         admins={"telegram": settings.admin_ids("telegram"), "web": settings.admin_ids("web")},
         staff_chat_id=settings.staff_chat_id if settings.telegram_token else "",
+        backup_chat_id=settings.backup_chat_id if settings.telegram_token else "",
+        repage_minutes=settings.repage_minutes,
+        supervisor_minutes=settings.supervisor_minutes,
     )
+
+
+@functools.cache
+def load_triage() -> Triage:
+    """The bundled triage lexicons, compiled once per process (they are read-only)."""
+    return Triage.load()
 
 
 def build_core(
@@ -47,8 +58,7 @@ def build_core(
     """Load catalogs and sites, and build the engine with every flow registered."""
     catalogs = load_catalogs(settings.resolved_locales_dir, SUPPORTED_LANGUAGES)
     sites = load_sites(settings.sites_file)
-    engine = ConversationEngine(db, catalogs, sites, clock, engine_config(settings),
-                                notify=notify)
+    engine = ConversationEngine(db, catalogs, sites, clock, engine_config(settings), notify=notify)
     onboarding.register(engine)
     privacy.register(engine)
     admin.register(engine)
@@ -56,5 +66,8 @@ def build_core(
         [bundled_dir(), *settings.instruments_dirs], languages=SUPPORTED_LANGUAGES
     )
     assessment.register(engine, instruments)
-    return Core(settings=settings, db=db, clock=clock, catalogs=catalogs, sites=sites,
-                engine=engine)
+    escalation.register(engine)
+    engine.triage = escalation.triage_hook(load_triage())
+    return Core(
+        settings=settings, db=db, clock=clock, catalogs=catalogs, sites=sites, engine=engine
+    )

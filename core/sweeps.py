@@ -21,9 +21,7 @@ async def forget_old_inbound(db: Database, clock: Clock) -> int:
     cutoff = clock.now() - SEEN_KEEP
 
     async def work(session: AsyncSession) -> int:
-        result = await session.exec(  # type: ignore[call-overload]
-            delete(InboundSeen).where(col(InboundSeen.seen_at) < cutoff)
-        )
+        result = await session.exec(delete(InboundSeen).where(col(InboundSeen.seen_at) < cutoff))
         return int(result.rowcount or 0)
 
     return await db.run(work)
@@ -34,9 +32,7 @@ async def forget_old_buttons(db: Database, clock: Clock) -> int:
     cutoff = clock.now() - TOKENS_KEEP
 
     async def work(session: AsyncSession) -> int:
-        result = await session.exec(  # type: ignore[call-overload]
-            delete(ButtonToken).where(col(ButtonToken.created_at) < cutoff)
-        )
+        result = await session.exec(delete(ButtonToken).where(col(ButtonToken.created_at) < cutoff))
         return int(result.rowcount or 0)
 
     return await db.run(work)

@@ -10,7 +10,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
-import core.db  # noqa: F401  (imports every table module)
+import core.tables  # noqa: F401  (every table on the metadata)
 
 config = context.config
 target_metadata = SQLModel.metadata

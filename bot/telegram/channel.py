@@ -25,22 +25,50 @@ POLLING_DB_PATIENCE = 120.0  # seconds a polled update waits for the database to
 class TelegramChannel:
     """Receives Telegram updates, hands them to core, and holds the Bot for delivery."""
 
-    def __init__(self, token: str, api_url: str, engine: ConversationEngine) -> None:
+    def __init__(
+        self, token: str, api_url: str, engine: ConversationEngine, staff_chat_id: str = ""
+    ) -> None:
         session = AiohttpSession(api=TelegramAPIServer.from_base(api_url.rstrip("/")))
         self.bot = Bot(token=token, session=session)
         self.engine = engine
+        self.staff_chat_id = staff_chat_id
         self.dispatcher = Dispatcher()
         self.dispatcher.include_router(self._router())
         self.polling = False
+        self._members: dict[str, tuple[float, bool]] = {}
+        if staff_chat_id:
+            engine.staff_member = self.is_staff_member
 
     def _router(self) -> Router:
         router = Router(name="anxin")
         router.message.register(self._on_message, F.chat.type == "private")
         router.edited_message.register(self._on_edited, F.chat.type == "private")
+        if self.staff_chat_id:
+            # Staff commands in the counselors' group (/oncall, /queue, /stats, /concern …).
+            router.message.register(
+                self._on_message, F.chat.id == int(self.staff_chat_id), F.text.startswith("/")
+            )
         router.callback_query.register(self._on_callback)
         router.channel_post.register(self._on_ignored)
         router.message.register(self._on_ignored)
         return router
+
+    async def is_staff_member(self, channel: str, external_id: str) -> bool:
+        """Whether a Telegram user is in the staff chat now (asked at most once a minute)."""
+        if channel != "telegram" or not self.staff_chat_id:
+            return False
+        loop = asyncio.get_running_loop()
+        cached = self._members.get(external_id)
+        if cached is not None and loop.time() - cached[0] < 60:
+            return cached[1]
+        try:
+            member = await self.bot.get_chat_member(int(self.staff_chat_id), int(external_id))
+            inside = member.status in ("creator", "administrator", "member", "restricted")
+        except Exception:  # unknown user, network trouble: not verified means not allowed
+            log.warning("could not check staff chat membership of %s", external_id)
+            return False
+        self._members[external_id] = (loop.time(), inside)
+        return inside
 
     async def _handle(self, inbound: Inbound) -> HandleResult:
         """Hand an inbound to core; while polling, wait out a database outage."""

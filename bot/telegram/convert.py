@@ -14,28 +14,31 @@ def message_inbound(message: Message, update_id: int, *, edited: bool = False) -
     user = message.from_user
     if user is None or user.is_bot:
         return None
-    base = {
-        "channel": "telegram",
-        "external_id": str(user.id),
-        "chat_id": str(message.chat.id),
-        "update_key": str(update_id),
-        "language_hint": user.language_code,
-        "chat_kind": message.chat.type,
-    }
+
+    def inbound(kind: InboundKind, **fields: str) -> Inbound:
+        return Inbound(
+            channel="telegram",
+            external_id=str(user.id),
+            chat_id=str(message.chat.id),
+            kind=kind,
+            update_key=str(update_id),
+            language_hint=user.language_code,
+            chat_kind=message.chat.type,
+            **fields,
+        )
+
     text = message.text if message.text is not None else message.caption
     if edited:
-        return Inbound(kind=InboundKind.EDITED, text=text or "", **base)  # type: ignore[arg-type]
+        return inbound(InboundKind.EDITED, text=text or "")
     if message.text is not None:
         command = _command(message)
         if command is not None:
             name, args = command
-            return Inbound(
-                kind=InboundKind.COMMAND, command=name, args=args, text=message.text, **base
-            )  # type: ignore[arg-type]
-        return Inbound(kind=InboundKind.TEXT, text=message.text, **base)  # type: ignore[arg-type]
+            return inbound(InboundKind.COMMAND, command=name, args=args, text=message.text)
+        return inbound(InboundKind.TEXT, text=message.text)
     if text:  # a photo or file with a caption: read the caption like a message
-        return Inbound(kind=InboundKind.TEXT, text=text, media=_media_kind(message), **base)  # type: ignore[arg-type]
-    return Inbound(kind=InboundKind.MEDIA, media=_media_kind(message), **base)  # type: ignore[arg-type]
+        return inbound(InboundKind.TEXT, text=text, media=_media_kind(message))
+    return inbound(InboundKind.MEDIA, media=_media_kind(message))
 
 
 def callback_inbound(query: CallbackQuery, update_id: int) -> Inbound | None:

@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-23 08:45:25.730697
+Create Date: 2026-11-23 08:52:16.602634
 """
 
 from collections.abc import Sequence
@@ -115,9 +115,28 @@ def upgrade() -> None:
     with op.batch_alter_table('web_transcript', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_web_transcript_chat_id'), ['chat_id'], unique=False)
 
+    op.create_table('assessment_result',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('person_id', sa.Integer(), nullable=False),
+    sa.Column('instrument', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('version', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('attempt', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('answers', sa.Text(), nullable=False),
+    sa.Column('total', sa.Integer(), nullable=False),
+    sa.Column('band', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
+    sa.Column('scaled', sa.Integer(), nullable=True),
+    sa.Column('flags', sa.Text(), nullable=False),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('person_id', 'attempt', name='uq_assessment_attempt')
+    )
+    with op.batch_alter_table('assessment_result', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_assessment_result_person_id'), ['person_id'], unique=False)
+
     op.create_table('button_token',
     sa.Column('token', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=False),
-    sa.Column('person_id', sa.Integer(), nullable=False),
+    sa.Column('person_id', sa.Integer(), nullable=True),
     sa.Column('action', sqlmodel.sql.sqltypes.AutoString(length=48), nullable=False),
     sa.Column('arg', sqlmodel.sql.sqltypes.AutoString(length=256), nullable=False),
     sa.Column('state_seq', sa.Integer(), nullable=False),
@@ -129,6 +148,42 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_button_token_created_at'), ['created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_button_token_person_id'), ['person_id'], unique=False)
 
+    op.create_table('escalation',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('person_id', sa.Integer(), nullable=False),
+    sa.Column('open_person_id', sa.Integer(), nullable=True),
+    sa.Column('case_code', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('site_code', sqlmodel.sql.sqltypes.AutoString(length=32), nullable=True),
+    sa.Column('language', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
+    sa.Column('level', sa.Integer(), nullable=False),
+    sa.Column('source', sqlmodel.sql.sqltypes.AutoString(length=24), nullable=False),
+    sa.Column('reasons', sa.Text(), nullable=False),
+    sa.Column('excerpt', sa.Text(), nullable=False),
+    sa.Column('status', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('nobody_on_call', sa.Boolean(), nullable=False),
+    sa.Column('page_stage', sa.Integer(), nullable=False),
+    sa.Column('next_page_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('created_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('claimed_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('claimed_by', sa.Integer(), nullable=True),
+    sa.Column('claimed_by_code', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True),
+    sa.Column('resolved_at', sa.DateTime(timezone=True), nullable=True),
+    sa.Column('outcome', sqlmodel.sql.sqltypes.AutoString(length=24), nullable=True),
+    sa.ForeignKeyConstraint(['claimed_by'], ['person.id'], ondelete='SET NULL'),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id'),
+    sa.UniqueConstraint('open_person_id')
+    )
+    with op.batch_alter_table('escalation', schema=None) as batch_op:
+        batch_op.create_index('ix_escalation_due', ['status', 'next_page_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_escalation_person_id'), ['person_id'], unique=False)
+
+    op.create_table('on_call',
+    sa.Column('person_id', sa.Integer(), nullable=False),
+    sa.Column('since', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('person_id')
+    )
     op.create_table('role_grant',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('person_id', sa.Integer(), nullable=False),
@@ -142,20 +197,54 @@ def upgrade() -> None:
     with op.batch_alter_table('role_grant', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_role_grant_person_id'), ['person_id'], unique=False)
 
+    op.create_table('safety_plan',
+    sa.Column('person_id', sa.Integer(), nullable=False),
+    sa.Column('steps', sa.Text(), nullable=False),
+    sa.Column('updated_at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['person_id'], ['person.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('person_id')
+    )
+    op.create_table('escalation_note',
+    sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('escalation_id', sa.Integer(), nullable=False),
+    sa.Column('author_code', sqlmodel.sql.sqltypes.AutoString(length=16), nullable=False),
+    sa.Column('text', sa.Text(), nullable=False),
+    sa.Column('at', sa.DateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['escalation_id'], ['escalation.id'], ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('id')
+    )
+    with op.batch_alter_table('escalation_note', schema=None) as batch_op:
+        batch_op.create_index(batch_op.f('ix_escalation_note_escalation_id'), ['escalation_id'], unique=False)
+
     # ### end Alembic commands ###
 
 
 def downgrade() -> None:
     # ### commands auto generated by Alembic - please adjust! ###
+    with op.batch_alter_table('escalation_note', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_escalation_note_escalation_id'))
+
+    op.drop_table('escalation_note')
+    op.drop_table('safety_plan')
     with op.batch_alter_table('role_grant', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_role_grant_person_id'))
 
     op.drop_table('role_grant')
+    op.drop_table('on_call')
+    with op.batch_alter_table('escalation', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_escalation_person_id'))
+        batch_op.drop_index('ix_escalation_due')
+
+    op.drop_table('escalation')
     with op.batch_alter_table('button_token', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_button_token_person_id'))
         batch_op.drop_index(batch_op.f('ix_button_token_created_at'))
 
     op.drop_table('button_token')
+    with op.batch_alter_table('assessment_result', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_assessment_result_person_id'))
+
+    op.drop_table('assessment_result')
     with op.batch_alter_table('web_transcript', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_web_transcript_chat_id'))
 

@@ -9,7 +9,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy.ext.asyncio import create_async_engine
 from sqlmodel import SQLModel
 
-import core.db  # noqa: F401  (imports every table module)
+import core.tables  # noqa: F401  (every table on the metadata)
 from core.db import upgrade
 
 
