@@ -51,20 +51,36 @@ class Catalogs:
 
 
 def load_catalogs(locales_dir: Path, languages: tuple[str, ...]) -> Catalogs:
-    """Read ``locales/<lang>/LC_MESSAGES/anxin.po`` for each language."""
+    """Read every ``locales/<lang>/LC_MESSAGES/*.po`` for each language (one per feature).
+
+    ``anxin.po`` must exist for every language; a message id defined in two files of one
+    language is refused, so features cannot silently overwrite each other's words.
+    """
     messages: dict[str, dict[str, str]] = {}
     for lang in languages:
-        path = locales_dir / lang / "LC_MESSAGES" / f"{DOMAIN}.po"
-        try:
-            with path.open("rb") as handle:
-                catalog = read_po(handle, locale=BABEL_LOCALES.get(lang, lang))
-        except FileNotFoundError:
-            raise CatalogError(f"The catalog {path} for language {lang!r} is missing.") from None
-        except Exception as exc:  # babel raises several types for a broken file
-            raise CatalogError(f"The catalog {path} cannot be read: {exc}.") from None
-        messages[lang] = {
-            str(m.id): str(m.string) for m in catalog if m.id and isinstance(m.string, str)
-        }
+        folder = locales_dir / lang / "LC_MESSAGES"
+        main = folder / f"{DOMAIN}.po"
+        if not main.exists():
+            raise CatalogError(f"The catalog {main} for language {lang!r} is missing.")
+        merged: dict[str, str] = {}
+        origin: dict[str, Path] = {}
+        for path in sorted(folder.glob("*.po")):
+            try:
+                with path.open("rb") as handle:
+                    catalog = read_po(handle, locale=BABEL_LOCALES.get(lang, lang))
+            except Exception as exc:  # babel raises several types for a broken file
+                raise CatalogError(f"The catalog {path} cannot be read: {exc}.") from None
+            for message in catalog:
+                if not message.id or not isinstance(message.string, str):
+                    continue
+                key = str(message.id)
+                if key in merged:
+                    raise CatalogError(
+                        f"The message {key!r} is defined in both {origin[key]} and {path}."
+                    )
+                merged[key] = str(message.string)
+                origin[key] = path
+        messages[lang] = merged
     return Catalogs(messages=messages, fallback="en" if "en" in messages else languages[0])
 
 
