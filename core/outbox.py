@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import os
 import secrets
 import time
 from collections import deque
@@ -31,6 +32,7 @@ from core.models import ButtonToken, OutboxMessage, Person, WebTranscript
 log = logging.getLogger(__name__)
 
 STALE_CLAIM = timedelta(seconds=60)
+STALE_CLAIM_ENV = "ANXIN_OUTBOX_STALE_CLAIM_SECONDS"
 MAX_BACKOFF = 300.0
 GIVE_UP_AFTER = 40  # attempts, for everything but crisis messages, which never give up
 
@@ -242,6 +244,24 @@ class RateLimits:
         return 0.0 if self._global is None else self._global.wait_time()
 
 
+def stale_claim_from_env() -> timedelta:
+    """How long a claimed row may go unanswered before it is queued again (env, else 60 s).
+
+    Keep it well above the platform's request timeout: a claim released while its request is
+    still in flight is sent twice.
+    """
+    raw = os.environ.get(STALE_CLAIM_ENV, "").strip()
+    if not raw:
+        return STALE_CLAIM
+    try:
+        seconds = float(raw)
+    except ValueError:
+        seconds = -1.0
+    if not seconds > 0:
+        raise ValueError(f"{STALE_CLAIM_ENV} must be a positive number of seconds, not {raw!r}.")
+    return timedelta(seconds=seconds)
+
+
 def backoff(attempts: int) -> float:
     """Seconds to wait before attempt ``attempts + 1`` after a passing failure."""
     return float(min(MAX_BACKOFF, 2 ** min(attempts, 10)))
@@ -260,6 +280,7 @@ class DeliveryWorker:
         batch: int = 300,
         concurrency: int = 16,
         worker_id: str = "worker",
+        stale_claim: timedelta | None = None,
     ) -> None:
         self.db = db
         self.sender = sender
@@ -269,6 +290,7 @@ class DeliveryWorker:
         self.batch = batch
         self.concurrency = concurrency
         self.worker_id = worker_id
+        self.stale_claim = stale_claim if stale_claim is not None else stale_claim_from_env()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -283,7 +305,7 @@ class DeliveryWorker:
 
     async def release_stale_claims(self) -> int:
         """Put rows claimed by a worker that died back in the queue (at least once)."""
-        cutoff = self.clock.now() - STALE_CLAIM
+        cutoff = self.clock.now() - self.stale_claim
 
         async def work(session: AsyncSession) -> int:
             result = await session.exec(
