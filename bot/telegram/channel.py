@@ -10,6 +10,7 @@ from aiogram import Bot, Dispatcher, F, Router
 from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import CallbackQuery, Message, Update
+from aiogram.types.update import UpdateTypeLookupError
 
 from bot.telegram.convert import callback_inbound, message_inbound
 from core.conversation import ConversationEngine
@@ -118,6 +119,11 @@ class TelegramChannel:
     async def feed_webhook(self, payload: dict[str, Any]) -> None:
         """Handle one update POSTed by Telegram (raises on failure so the caller answers 5xx)."""
         update = Update.model_validate(payload, context={"bot": self.bot})
+        try:
+            update.event_type  # noqa: B018  (raises for update types this aiogram does not know)
+        except UpdateTypeLookupError:
+            log.info("ignored update %s of an unknown type", update.update_id)
+            return
         await self.dispatcher.feed_update(self.bot, update)
 
     async def run_polling(self) -> None:
