@@ -30,6 +30,13 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--no-migrate", action="store_true", help="do not upgrade the database schema at start-up"
     )
+    run.add_argument(
+        "--role",
+        choices=["all", "web", "worker", "scheduler"],
+        default="all",
+        help="what this process runs: all (default, one process), or with PostgreSQL any\n"
+        "number of web and worker processes and exactly one scheduler",
+    )
 
     db = sub.add_parser("db", help="database schema")
     db_sub = db.add_subparsers(dest="db_command", metavar="ACTION")
@@ -73,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         if args.command == "run":
-            return _run(settings, migrate=not args.no_migrate)
+            return _run(settings, migrate=not args.no_migrate, role=args.role)
         if args.command == "db":
             if args.db_command != "upgrade":
                 parser.parse_args(["db", "--help"])
@@ -141,13 +148,18 @@ def _check(settings: Settings) -> int:
     return 0
 
 
-def _run(settings: Settings, *, migrate: bool) -> int:
+def _run(settings: Settings, *, migrate: bool, role: str = "all") -> int:
     from bot.runtime import Runtime
     from core.db import DatabaseUnavailable
     from core.i18n import CatalogError
     from core.sites import SitesError
 
     _prepare(settings)
+    if role != "all" and settings.is_sqlite:
+        raise _Stop(
+            f"--role {role} needs PostgreSQL (ANXIN_DATABASE_URL); with SQLite one process "
+            "runs everything: use `anxin run`."
+        )
     if migrate:
         _upgrade_quietly(settings)
     try:
@@ -155,7 +167,7 @@ def _run(settings: Settings, *, migrate: bool) -> int:
     except (SitesError, CatalogError, ValueError) as exc:
         raise _Stop(str(exc)) from None
     try:
-        asyncio.run(runtime.serve_until_signalled())
+        asyncio.run(runtime.serve_until_signalled(role))
     except DatabaseUnavailable as exc:
         raise _Stop(f"{exc} ({_safe_url(settings)}).") from None
     except OSError as exc:

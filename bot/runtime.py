@@ -27,6 +27,46 @@ from core.services import Core, build_core
 log = logging.getLogger(__name__)
 
 
+#: What each process role runs. "all" is one process doing everything (SQLite or PostgreSQL);
+#: with PostgreSQL, any number of "web" and "worker" processes and exactly one "scheduler".
+ROLES: dict[str, dict[str, bool]] = {
+    "all": {"serve_http": True, "scheduler": True, "deliver": True, "telegram_updates": True},
+    "web": {"serve_http": True, "scheduler": False, "deliver": False, "telegram_updates": False},
+    "worker": {"serve_http": False, "scheduler": False, "deliver": True, "telegram_updates": False},
+    "scheduler": {
+        "serve_http": False,
+        "scheduler": True,
+        "deliver": False,
+        "telegram_updates": True,
+    },
+}
+
+
+OUTBOX_CHANNEL = "anxin_outbox"
+WEB_CHANNEL = "anxin_web"
+
+
+class SharedWakeups:
+    """Wake-ups for other processes of one deployment, through PostgreSQL NOTIFY.
+
+    Off in a single process; turned on by ``Runtime.start`` for the web/worker/scheduler
+    roles. A lost notification only delays work until the next poll (at most a second).
+    """
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.enabled = False
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def send(self, channel: str, payload: str) -> None:
+        """Notify the other processes (fire and forget)."""
+        if not self.enabled:
+            return
+        task = asyncio.get_running_loop().create_task(self.db.notify(channel, payload))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+
 @dataclass
 class Runtime:
     """One deployment's live objects, built once and handed down."""
@@ -41,6 +81,7 @@ class Runtime:
     scheduler: AsyncIOScheduler | None = None
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     server: uvicorn.Server | None = None
+    shared: SharedWakeups | None = None
 
     @classmethod
     def build(
@@ -55,10 +96,17 @@ class Runtime:
         hub = WebHub()
         workers: dict[str, DeliveryWorker] = {}
 
+        shared = SharedWakeups(db)
+
         def wake(channel: str) -> None:
             worker = workers.get(channel)
             if worker is not None:
                 worker.wake()
+            shared.send(OUTBOX_CHANNEL, channel)
+
+        def delivered_to_web(chat_id: str) -> None:
+            hub.notify(chat_id)
+            shared.send(WEB_CHANNEL, chat_id)
 
         core = build_core(settings, db, clock, notify=wake)
         telegram = None
@@ -74,7 +122,7 @@ class Runtime:
             )
         workers["web"] = DeliveryWorker(
             db,
-            WebSender(db, hub.notify),
+            WebSender(db, delivered_to_web),
             clock,
             RateLimits(global_per_second=1000, chat_per_second=50, chat_burst=50),
         )
@@ -86,17 +134,41 @@ class Runtime:
             web_hub=hub,
             telegram=telegram,
             workers=workers,
+            shared=shared,
         )
 
     def app(self) -> FastAPI:
         """The FastAPI application for this runtime."""
         return create_app(self)
 
-    async def start(self, *, serve_http: bool = True, scheduler: bool = True) -> None:
-        """Start delivery, the scheduler, Telegram (polling or webhook) and the web server."""
+    async def start(
+        self,
+        *,
+        serve_http: bool = True,
+        scheduler: bool = True,
+        deliver: bool = True,
+        telegram_updates: bool = True,
+    ) -> None:
+        """Start delivery, the scheduler, Telegram (polling or webhook) and the web server.
+
+        Several processes can share one PostgreSQL database by each starting only some parts
+        (see ``ROLES``); exactly one of them runs the scheduler and receives Telegram's updates.
+        """
         await self.db.ping()
-        for worker in self.workers.values():
-            self.tasks.append(asyncio.create_task(worker.run_forever()))
+        if self.shared is not None and not (serve_http and scheduler and deliver):
+            # Parts of the deployment run in other processes: wake them through PostgreSQL.
+            self.shared.enabled = True
+            if deliver:
+                self.tasks.append(
+                    asyncio.create_task(self.db.listen(OUTBOX_CHANNEL, self._wake_worker))
+                )
+            if serve_http:
+                self.tasks.append(
+                    asyncio.create_task(self.db.listen(WEB_CHANNEL, self.web_hub.notify))
+                )
+        if deliver:
+            for worker in self.workers.values():
+                self.tasks.append(asyncio.create_task(worker.run_forever()))
         if scheduler:
             self.scheduler = AsyncIOScheduler(timezone="UTC")
             self.scheduler.add_job(
@@ -134,7 +206,7 @@ class Runtime:
                     replace_existing=True,
                 )
             self.scheduler.start()
-        if self.telegram is not None:
+        if self.telegram is not None and telegram_updates:
             if self.settings.use_webhook:
                 url = self.settings.public_url.rstrip("/") + WEBHOOK_PATH
                 await self.telegram.set_webhook(url, self.settings.webhook_secret)
@@ -151,6 +223,11 @@ class Runtime:
             )
             self.server = _QuietServer(config)
             self.tasks.append(asyncio.create_task(self.server.serve()))
+
+    def _wake_worker(self, channel: str) -> None:
+        worker = self.workers.get(channel)
+        if worker is not None:
+            worker.wake()
 
     async def stop(self) -> None:
         """Stop everything, letting in-flight deliveries finish their bookkeeping."""
@@ -169,14 +246,14 @@ class Runtime:
             await self.telegram.close()
         await self.db.dispose()
 
-    async def serve_until_signalled(self) -> None:
-        """Run until SIGINT or SIGTERM, then stop cleanly."""
+    async def serve_until_signalled(self, role: str = "all") -> None:
+        """Run ``role``'s parts until SIGINT or SIGTERM, then stop cleanly."""
         stopping = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stopping.set)
-        await self.start()
+        await self.start(**ROLES[role])
         host, port = self.settings.host, self.settings.port
         log.warning(
             "Anxin is running: web chat at http://%s:%s/ (telegram: %s)",

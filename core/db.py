@@ -78,6 +78,35 @@ class Database:
         except Exception as exc:  # any driver error means "not reachable" to the operator
             raise DatabaseUnavailable(f"cannot reach the database: {_first_line(exc)}") from exc
 
+    async def notify(self, channel: str, payload: str) -> None:
+        """Tell other processes sharing this PostgreSQL database something (no-op on SQLite)."""
+        if self.is_sqlite:
+            return
+        try:
+            async with self.engine.connect() as conn:
+                await conn.execute(text("SELECT pg_notify(:c, :p)"), {"c": channel, "p": payload})
+                await conn.commit()
+        except Exception:  # a lost wake-up only delays delivery until the next poll
+            log.warning("could not notify %s", channel, exc_info=True)
+
+    async def listen(self, channel: str, callback: Callable[[str], None]) -> None:
+        """Call ``callback(payload)`` for every notification on ``channel`` until cancelled."""
+        if self.is_sqlite:
+            return
+        async with self.engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+
+            def on_notify(_conn: Any, _pid: int, _channel: str, payload: str) -> None:
+                callback(payload)
+
+            await driver.add_listener(channel, on_notify)
+            try:
+                await asyncio.Event().wait()
+            finally:
+                await driver.remove_listener(channel, on_notify)
+
     async def create_all(self) -> None:
         """Create every table directly (tests); deployments use ``upgrade``."""
         import core.tables  # noqa: F401  (every table on the metadata)

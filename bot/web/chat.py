@@ -8,6 +8,7 @@ a transcript, so reloading the page (or losing the connection) resumes where it 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -31,6 +32,7 @@ COOKIE = "anxin_sid"
 COOKIE_MAX_AGE = 180 * 24 * 3600
 MAX_TEXT = 20_000
 HISTORY = 200
+PUSH_FALLBACK_SECONDS = 5.0
 PAGE = Path(__file__).parent / "static" / "chat.html"
 PAGE_KEYS = (
     "web.title",
@@ -208,7 +210,10 @@ class WebChat:
         self, ws: WebSocket, chat_id: str, wake: asyncio.Event, state: dict[str, int]
     ) -> None:
         while True:
-            await wake.wait()
+            # Woken when a reply is delivered; the timeout is a safety net for a wake-up
+            # lost between processes, so a reply never waits more than a few seconds.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(wake.wait(), timeout=PUSH_FALLBACK_SECONDS)
             wake.clear()
             await self._push_new(ws, chat_id, state)
 
