@@ -76,17 +76,31 @@ async def live_app(tmp_path: Path, db_url: str, clock: FakeClock) -> AsyncIterat
     await runtime.start(serve_http=True, scheduler=False)
     server = runtime.server
     assert server is not None
+    serving = runtime.tasks[-1]  # start() creates the serve() task last
     try:
         async with asyncio.timeout(STARTUP_SECONDS):
             while not server.started:
-                if runtime.tasks[-1].done():  # serve() returned: it could not listen
-                    runtime.tasks[-1].result()
+                if serving.done():  # serve() returned: it could not listen
+                    serving.result()
                     raise RuntimeError("uvicorn stopped before it started")
                 await asyncio.sleep(0.01)
         port = server.servers[0].sockets[0].getsockname()[1]
         yield LiveApp(runtime=runtime, base_url=f"http://127.0.0.1:{port}")
     finally:
-        await runtime.stop()
+        await stop_runtime(runtime)
+
+
+async def stop_runtime(runtime: Runtime) -> None:
+    """Stop the runtime without waiting out its PostgreSQL LISTEN tasks.
+
+    ``start(scheduler=False)`` turns on cross-process NOTIFY wake-ups, whose ``Database.listen``
+    tasks end only when cancelled, and ``Runtime.stop()`` waits 5 s for each before giving up
+    (10 s per PostgreSQL test). Cancelling them first is harmless once ``stop()`` does it.
+    """
+    for task in runtime.tasks:
+        if getattr(task.get_coro(), "__qualname__", "") == "Database.listen":
+            task.cancel()
+    await runtime.stop()
 
 
 @pytest.fixture
@@ -107,8 +121,12 @@ PhoneFactory = Callable[..., Awaitable[Page]]
 
 @pytest.fixture
 async def phone(browser: Browser, live_app: LiveApp) -> AsyncIterator[PhoneFactory]:
-    """Open the web chat on a new phone (its own cookie jar) that prefers ``language``."""
+    """Open the web chat on a new phone (its own cookie jar) that prefers ``language``.
+
+    A JavaScript error on any page fails the test at teardown.
+    """
     contexts: list[BrowserContext] = []
+    script_errors: list[str] = []
 
     async def open_phone(language: str = "zh-CN", *, goto: bool = True) -> Page:
         context = await browser.new_context(
@@ -123,6 +141,7 @@ async def phone(browser: Browser, live_app: LiveApp) -> AsyncIterator[PhoneFacto
         )
         contexts.append(context)
         page = await context.new_page()
+        page.on("pageerror", lambda error: script_errors.append(str(error)))
         if goto:
             await page.goto("/")
         return page
@@ -132,3 +151,4 @@ async def phone(browser: Browser, live_app: LiveApp) -> AsyncIterator[PhoneFacto
     finally:
         for context in contexts:
             await context.close()
+    assert not script_errors, f"JavaScript errors on the page: {script_errors}"

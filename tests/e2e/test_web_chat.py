@@ -1,7 +1,9 @@
 """The web chat end to end: the whole app on a port, Chromium as WeChat on a 390-px phone.
 
 No fixed sleeps: every wait is Playwright's auto-waiting ``expect`` (5 s) on what a resident
-would see. Browser tests run on SQLite; onboarding in Chinese also runs on PostgreSQL.
+would see. Every test runs on SQLite; those where the database does the work (onboarding,
+resuming from the transcript, the export, the socket protocol) also run on PostgreSQL. The
+rest are ``sqlite_only`` to keep the module well under a minute.
 """
 
 from __future__ import annotations
@@ -123,7 +125,6 @@ async def test_resident_completes_onboarding_in_english(phone: PhoneFactory) -> 
     await page.screenshot(path=screenshot_path("web-onboarding-en.png"))
 
 
-@sqlite_only
 async def test_reloading_the_page_resumes_the_conversation(phone: PhoneFactory) -> None:
     page = await phone("zh-CN")
     chat = Chat(page)
@@ -160,6 +161,7 @@ async def test_sos_button_shows_the_crisis_lines_before_onboarding(phone: PhoneF
 
     await page.locator("#sos").tap()
 
+    await expect(chat.mine.last).to_have_text("紧急求助")  # the button's words, not "/sos"
     answer = chat.bot.filter(has_text="010-82951332").last
     await expect(answer).to_be_visible()
     await expect(answer).to_contain_text("110")
@@ -195,6 +197,20 @@ async def test_free_text_gets_an_answer_and_an_empty_message_is_not_sent(
 
 
 @sqlite_only
+async def test_a_too_long_message_is_refused_and_given_back_to_edit(phone: PhoneFactory) -> None:
+    page = await phone("zh-CN")
+    chat = Chat(page)
+    await expect(chat.log).to_contain_text(WELCOME_ZH)
+    too_long = "闷" * 20_001
+
+    await chat.say(too_long)
+
+    await expect(page.locator("#status")).to_contain_text("20000")
+    await expect(chat.mine).to_have_count(0)
+    await expect(page.locator("#input")).to_have_value(too_long)
+
+
+@sqlite_only
 async def test_a_stale_onboarding_button_gets_the_earlier_step_answer(
     phone: PhoneFactory,
 ) -> None:
@@ -213,7 +229,6 @@ async def test_a_stale_onboarding_button_gets_the_earlier_step_answer(
     await chat.expect_bot(MENU_ZH)
 
 
-@sqlite_only
 async def test_data_export_downloads_only_in_its_own_browser(phone: PhoneFactory) -> None:
     page = await phone("zh-CN")
     chat = Chat(page)
@@ -270,7 +285,6 @@ async def message_containing(ws: ClientConnection, text: str) -> None:
         pass
 
 
-@sqlite_only
 async def test_websocket_without_a_cookie_is_refused(live_app: LiveApp) -> None:
     with pytest.raises(InvalidStatus) as refused:
         async with connect(live_app.ws_url, open_timeout=5):
@@ -278,7 +292,6 @@ async def test_websocket_without_a_cookie_is_refused(live_app: LiveApp) -> None:
     assert refused.value.response.status_code == 403
 
 
-@sqlite_only
 async def test_malformed_frames_get_an_error_and_the_socket_stays_usable(
     live_app: LiveApp,
 ) -> None:
