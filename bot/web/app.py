@@ -32,6 +32,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         runtime.core.engine,
         runtime.web_hub,
         secure_cookie=settings.public_url.startswith("https://"),
+        public_url=settings.public_url,
     )
     app.include_router(chat.router)
 

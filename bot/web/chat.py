@@ -15,6 +15,7 @@ import logging
 import secrets
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 from fastapi import APIRouter, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import HTMLResponse, Response
@@ -56,10 +57,14 @@ def chat_id_for(sid: str) -> str:
 class WebChat:
     """The routes of the web chat, bound to core."""
 
-    def __init__(self, engine: ConversationEngine, hub: WebHub, *, secure_cookie: bool) -> None:
+    def __init__(
+        self, engine: ConversationEngine, hub: WebHub, *, secure_cookie: bool, public_url: str = ""
+    ) -> None:
+
         self.engine = engine
         self.hub = hub
         self.secure_cookie = secure_cookie
+        self.public_host = urlparse(public_url).netloc.lower() if public_url else ""
         self.page = PAGE.read_text(encoding="utf-8")
         self.router = APIRouter()
         self.router.add_api_route("/", self.index, methods=["GET"], include_in_schema=False)
@@ -125,8 +130,11 @@ class WebChat:
     async def socket(self, ws: WebSocket) -> None:
         """Carry one page's conversation: history, then new messages both ways."""
         sid = ws.cookies.get(COOKIE)
-        if not sid:
+        if not sid or not 20 <= len(sid) <= 100:
             await ws.close(code=4401)
+            return
+        if not self._same_origin(ws):
+            await ws.close(code=4403)
             return
         chat_id = chat_id_for(sid)
         await ws.accept()
@@ -134,23 +142,43 @@ class WebChat:
         pusher: asyncio.Task[None] | None = None
         try:
             hello = await ws.receive_json()
-            after = int(hello.get("after", 0)) if isinstance(hello, dict) else 0
+            after = _sane_int(hello.get("after", 0)) if isinstance(hello, dict) else 0
             site = str(hello.get("site", ""))[:32] if isinstance(hello, dict) else ""
             await self._ensure_started(chat_id, site, ws.headers.get("accept-language"))
             state = {"after": after}
             await self._push_new(ws, chat_id, state)
             pusher = asyncio.create_task(self._pusher(ws, chat_id, wake, state))
             while True:
-                frame = await ws.receive_text()
+                message = await ws.receive()
+                if message.get("type") == "websocket.disconnect":
+                    break
+                frame = message.get("text")
+                if frame is None:  # a binary frame: not something the page sends
+                    await ws.send_json({"type": "error", "error": "malformed"})
+                    continue
                 await self._receive(ws, chat_id, frame)
         except WebSocketDisconnect:
             pass
-        except (ValueError, TypeError):
-            await ws.close(code=1003)
+        except (ValueError, TypeError, KeyError):
+            with contextlib.suppress(Exception):
+                await ws.close(code=1003)
         finally:
             self.hub.unsubscribe(chat_id, wake)
             if pusher is not None:
                 pusher.cancel()
+                with contextlib.suppress(BaseException):
+                    await pusher
+
+    def _same_origin(self, ws: WebSocket) -> bool:
+        """Refuse pages of other sites that would ride on the resident's cookie."""
+        origin = ws.headers.get("origin")
+        if not origin:
+            return True  # not a browser, or a browser that sends none: the cookie decides
+        host = urlparse(origin).netloc.lower()
+        allowed = {ws.headers.get("host", "").lower()}
+        if self.public_host:
+            allowed.add(self.public_host)
+        return host in allowed
 
     async def _ensure_started(self, chat_id: str, site: str, accept: str | None) -> None:
         """Begin the conversation for a new browser, once (idempotent on its chat id)."""
@@ -204,6 +232,11 @@ class WebChat:
         except DatabaseUnavailable:
             await ws.send_json({"type": "error", "id": message_id, "error": "busy", "retry": True})
             return
+        except Exception:
+            # Keep the socket: the page shows the message as not sent instead of looping.
+            log.exception("web chat message %s could not be handled", message_id)
+            await ws.send_json({"type": "error", "id": message_id, "error": "internal"})
+            return
         await ws.send_json({"type": "ack", "id": message_id, "notice": result.notice})
 
     async def _pusher(
@@ -231,6 +264,17 @@ class WebChat:
         for row in reversed(rows):
             await ws.send_json(_frame(row))
             state["after"] = max(state["after"], row.id or 0)
+
+
+def _sane_int(value: object) -> int:
+    """A transcript position from the page, or 0 when it is not a plain, sane integer."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return 0
+    try:
+        number = int(value)
+    except (ValueError, OverflowError):
+        return 0
+    return number if 0 <= number < 2**62 else 0
 
 
 def _text_inbound(chat_id: str, message_id: str, text: str) -> Inbound:
