@@ -221,4 +221,9 @@ async def start_bot(
 
     yield start
     for runtime in started:
+        # Runtime.stop() waits 5 s for each PostgreSQL LISTEN task, which ends only when
+        # cancelled (start(scheduler=False) turns the NOTIFY wake-ups on); cancel them first.
+        for task in runtime.tasks:
+            if getattr(task.get_coro(), "__qualname__", "") == "Database.listen":
+                task.cancel()
         await runtime.stop()

@@ -18,23 +18,22 @@ async def onboard_in_chinese(resident: Resident) -> None:
 
     answer = await resident.answer_to(await resident.tap("中文"))
     assert not answer.get("text")  # a good press gets a silent answer, no toast
-    [consent] = await resident.replies()
+    [consent] = await resident.replies(1, contains="隐私")
     assert "隐私" in (consent.plain_text or "")
     assert "同意，开始" in [b["text"] for b in consent.buttons]
 
     await resident.tap("同意，开始")
-    thanks, relation = await resident.replies(2)
-    assert "谢谢你的信任" in (thanks.plain_text or "")
-    assert (relation.plain_text or "").startswith("你是哪一位")
+    await resident.replies(1, contains="谢谢你的信任")
+    [relation] = await resident.replies(1, contains="你是哪一位")
+    assert "正在隔离的人" in [b["text"] for b in relation.buttons]
 
     await resident.tap("正在隔离的人")
-    [age] = await resident.replies()
-    assert (age.plain_text or "").startswith("你的年龄是")
+    [age] = await resident.replies(1, contains="你的年龄是")
+    assert "18–39岁" in [b["text"] for b in age.buttons]
 
     await resident.tap("18–39岁")
-    done, menu = await resident.replies(2)
-    assert "你的编号是 R-" in (done.plain_text or "")
-    assert (menu.plain_text or "").startswith("我能为你做些什么")
+    await resident.replies(1, contains="你的编号是 R-")
+    [menu] = await resident.replies(1, contains="我能为你做些什么")
     assert "🆘 我需要紧急帮助" in [b["text"] for b in menu.buttons]
 
 
@@ -56,7 +55,7 @@ async def test_onboarding_in_chinese_reaches_the_main_menu(
     assert {r.status for r in rows} == {"sent"}
     # each outbox row went out exactly once, as the message Telegram gave back its id for
     sent = bot.api.messages_to(7001)
-    assert len(sent) == len(rows) == 8
+    assert len(sent) == len(rows) >= 8
     assert [r.platform_message_id for r in rows] == [str(m.message_id) for m in sent]
     assert all(isinstance(r, OutboxMessage) and r.attempts == 1 for r in rows)
     assert len(bot.api.callback_answers) == 4
