@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     backup_chat_id: str = ""
     repage_minutes: float = Field(default=2.0, gt=0)
     supervisor_minutes: float = Field(default=5.0, gt=0)
+    quiet_hours: str = Field(default="22:00-08:00", description="site time; empty turns off")
+    checkin_time: str = Field(default="20:00", description="default daily check-in, site time")
+    report_time: str = Field(default="08:00", description="daily report to staff, site time")
     admins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     default_language: str = "zh_Hans"
     sites_file: Path | None = None

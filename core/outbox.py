@@ -52,6 +52,16 @@ class SendOutcome:
         return cls("sent", message_id=message_id)
 
 
+class HoldPolicy(Protocol):
+    """Says which claimed rows must wait (quiet hours), and until when."""
+
+    async def held(
+        self, session: AsyncSession, rows: Sequence[OutboxMessage], now: datetime
+    ) -> dict[int, datetime]:
+        """Map the id of every row that must wait to the time it may go."""
+        ...
+
+
 class Sender(Protocol):
     """A channel's way of putting one outbox row on the platform."""
 
@@ -281,6 +291,7 @@ class DeliveryWorker:
         concurrency: int = 16,
         worker_id: str = "worker",
         stale_claim: timedelta | None = None,
+        hold: HoldPolicy | None = None,
     ) -> None:
         self.db = db
         self.sender = sender
@@ -290,6 +301,7 @@ class DeliveryWorker:
         self.batch = batch
         self.concurrency = concurrency
         self.worker_id = worker_id
+        self.hold = hold
         self.stale_claim = stale_claim if stale_claim is not None else stale_claim_from_env()
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
@@ -369,9 +381,14 @@ class DeliveryWorker:
             query = query.with_for_update(skip_locked=True)
         rows = (await session.exec(query)).all()
         busy_chats = await self._chats_in_flight(session, {r.chat_id for r in rows})
+        held = await self.hold.held(session, rows, now) if self.hold is not None else {}
         chosen: list[OutboxMessage] = []
         seen: set[str] = set()
         for row in rows:
+            if row.id in held:  # quiet hours: due again when they end, not re-read each sweep
+                row.due_at = held[row.id]
+                session.add(row)
+                continue
             # One message per chat per sweep keeps each chat's messages in order; a chat
             # waiting out a retry holds its later messages too.
             if row.chat_id in seen or row.chat_id in busy_chats:
