@@ -56,6 +56,11 @@ def _parser() -> argparse.ArgumentParser:
     score.add_argument("answers", help="item values in item order, comma-separated: 1,0,2,…")
 
     sub.add_parser("check", help="check the configuration and the database, then exit")
+
+    token = sub.add_parser("token", help="admin API bearer tokens: create, list, revoke")
+    token.add_argument("token_command", choices=("create", "list", "revoke"), metavar="ACTION")
+    token.add_argument("name", nargs="?", default="", help="the token's name (create, revoke)")
+    token.add_argument("--role", choices=("admin", "supervisor"), default="admin")
     return parser
 
 
@@ -89,6 +94,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _qr(settings, args.site, args.out)
         if args.command == "check":
             return _check(settings)
+        if args.command == "token":
+            from bot.web.admin_api import token_command
+
+            _prepare(settings)
+            return token_command(settings, args.token_command, args.name, args.role)
     except _Stop as stop:
         print(f"anxin: {stop}", file=sys.stderr)
         return 2

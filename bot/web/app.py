@@ -11,6 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
+from bot.web.admin_api import admin_router
 from bot.web.chat import WebChat
 from core.db import DatabaseUnavailable
 
@@ -35,6 +36,7 @@ def create_app(runtime: Runtime) -> FastAPI:
         public_url=settings.public_url,
     )
     app.include_router(chat.router)
+    app.include_router(admin_router(runtime.core))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
