@@ -284,6 +284,8 @@ class ConversationEngine:
         self.export_hooks: list[Callable[[AsyncSession, Person], Awaitable[tuple[str, Any]]]] = []
         #: Feature modules say why erasure must wait (a catalog key), or None.
         self.erasure_blockers: list[Callable[[AsyncSession, Person], Awaitable[str | None]]] = []
+        #: Reads text written in a group chat (a support room); nothing is ever said there.
+        self.group_messages: Callable[[Inbound], Awaitable[HandleResult]] | None = None
 
     # Registration -----------------------------------------------------------------------
 
@@ -324,6 +326,11 @@ class ConversationEngine:
 
     async def handle(self, inbound: Inbound) -> HandleResult:
         """Handle one inbound event in one transaction and wake delivery."""
+        if inbound.chat_kind in ("group", "supergroup") and inbound.kind == InboundKind.TEXT:
+            # Chatter in a group is not a conversation with the bot: only a room reads it.
+            if self.group_messages is None:
+                return HandleResult()
+            return await self.group_messages(inbound)
         try:
             result = await self.db.run(lambda session: self._handle(session, inbound))
         except IntegrityError:

@@ -15,7 +15,7 @@ from aiogram.types.update import UpdateTypeLookupError
 from bot.telegram.convert import callback_inbound, message_inbound
 from core.conversation import ConversationEngine
 from core.db import DatabaseUnavailable
-from core.messages import HandleResult, Inbound
+from core.messages import HandleResult, Inbound, InboundKind
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +50,10 @@ class TelegramChannel:
                 self._on_message, F.chat.id == int(self.staff_chat_id), F.text.startswith("/")
             )
         router.callback_query.register(self._on_callback)
+        # Group chatter goes to core, which reads only support-room groups, for risk.
+        router.message.register(
+            self._on_group_message, F.chat.type.in_({"group", "supergroup"}), F.text
+        )
         router.channel_post.register(self._on_ignored)
         router.message.register(self._on_ignored)
         return router
@@ -111,6 +115,12 @@ class TelegramChannel:
             await query.answer(text=(result.notice or "")[:200] or None)
         except Exception:  # the answer is a courtesy; the reply already sits in the outbox
             log.info("could not answer callback query %s", query.id)
+
+    async def _on_group_message(self, message: Message, event_update: Update) -> None:
+        """Someone wrote text in a group: core reads a room's group for risk, never replies."""
+        inbound = message_inbound(message, event_update.update_id)
+        if inbound is not None and inbound.kind == InboundKind.TEXT:
+            await self._handle(inbound)
 
     async def _on_ignored(self, event: Any) -> None:
         """Channel posts and group chatter are not conversations; nothing is stored."""

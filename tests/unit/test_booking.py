@@ -1,0 +1,515 @@
+"""Booking one-to-one counseling: availability, the resident's flow, races, reminders, outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlmodel import col, select
+
+from core.booking import (
+    Booking,
+    BookingReminder,
+    Counselor,
+    Slot,
+    SlotConflict,
+    add_slots,
+    send_due_reminders,
+)
+from core.clock import FakeClock, as_utc
+from core.config import Settings
+from core.escalation import Escalation
+from core.models import OutboxMessage, Person
+from core.privacy import export_person
+from core.services import Core
+from tests.drivers import EngineChat
+
+STAFF_CHAT = "-100500"
+ADMIN = "800"
+PHONE = "010-12345678"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path,
+        database_url=db_url,
+        telegram_token="1:x",  # type: ignore[call-arg]
+        staff_chat_id=STAFF_CHAT,
+        admins=[ADMIN],
+        _env_file=None,
+    )
+
+
+async def case_code(core: Core, external_id: str) -> str:
+    async with core.db.session() as s:
+        person = (await s.exec(select(Person).where(Person.external_id == external_id))).one()
+        return person.case_code
+
+
+async def counselor(
+    core: Core, external_id: str = "900", meet: str = f"phone:{PHONE}", languages: str = "zh_Hans"
+) -> EngineChat:
+    """A registered counselor (onboarded, then registered by the admin)."""
+    chat = EngineChat(core, external_id)
+    await chat.onboard()
+    admin = EngineChat(core, ADMIN)
+    await admin.command(
+        "counselor",
+        f"{await case_code(core, external_id)} languages={languages} sites=* meet={meet}",
+    )
+    assert "已登记咨询师" in (await admin.new_replies())[-1].text
+    return chat
+
+
+async def with_slots(chat: EngineChat, phrase: str = "明天 14:00-17:00 50分钟") -> None:
+    await chat.command("available", phrase)
+    await chat.tap("添加")
+    await chat.new_replies()
+
+
+async def slots(core: Core) -> list[Slot]:
+    async with core.db.session() as s:
+        return list((await s.exec(select(Slot).order_by(col(Slot.starts_at)))).all())
+
+
+async def bookings(core: Core) -> list[Booking]:
+    async with core.db.session() as s:
+        return list((await s.exec(select(Booking).order_by(col(Booking.id)))).all())
+
+
+async def resident(core: Core, external_id: str = "100", lang: str = "中文") -> EngineChat:
+    chat = EngineChat(core, external_id)
+    await chat.onboard(lang)
+    return chat
+
+
+async def book_first(chat: EngineChat, day: str = "1月6日", time: str = "14:00") -> None:
+    await chat.tap("预约心理咨询")
+    await chat.tap(day)
+    await chat.tap(time)
+    await chat.tap("睡眠")
+    await chat.tap("确认预约")
+
+
+def local(hour: int, minute: int = 0, day: int = 6) -> datetime:
+    """A time on January ``day`` 2026 in Shanghai (UTC+8), as aware UTC."""
+    return datetime(2026, 1, day, hour - 8, minute, tzinfo=UTC)
+
+
+# Availability --------------------------------------------------------------------------------
+
+
+async def test_availability_in_chinese_words_becomes_fifty_minute_slots(core: Core) -> None:
+    chat = await counselor(core)
+    await chat.command("available", "明天 14:00-17:00 50分钟")
+    preview = (await chat.new_replies())[-1].text
+    assert "1月6日" in preview and "14:00、15:00、16:00" in preview
+    await chat.tap("添加")
+    assert "已添加 3 个" in (await chat.new_replies())[-1].text
+    found = await slots(core)
+    assert [as_utc(s.starts_at) for s in found] == [local(14), local(15), local(16)]
+    assert all(as_utc(s.ends_at) - as_utc(s.starts_at) == timedelta(minutes=50) for s in found)
+
+
+async def test_an_unparseable_phrase_is_asked_again_and_nothing_is_stored(core: Core) -> None:
+    chat = await counselor(core)
+    await chat.command("menu")
+    await chat.tap("我的咨询时段")
+    await chat.tap("添加可预约时间")
+    await chat.text("随便什么时候都行")
+    replies = await chat.new_replies()
+    assert any("哪一天" in r.text for r in replies)
+    assert "什么时候有空" in replies[-1].text  # asked again
+    assert await slots(core) == []
+    await chat.text("明天下午两点到五点")  # the same step still reads the next answer
+    assert "15:00" in (await chat.new_replies())[-1].text
+
+
+async def test_a_window_in_the_past_is_refused(core: Core) -> None:
+    chat = await counselor(core)
+    await chat.command("available", "今天 9:00-11:00")  # 20:00 in Shanghai now
+    assert "已经过去" in "".join(r.text for r in await chat.new_replies())
+    assert await slots(core) == []
+
+
+async def test_overlapping_availability_is_refused_whole(core: Core) -> None:
+    chat = await counselor(core)
+    await with_slots(chat)
+    await chat.command("available", "明天 16:30-18:30 50分钟")
+    await chat.tap("添加")
+    assert "冲突" in "".join(r.text for r in await chat.new_replies())
+    assert len(await slots(core)) == 3
+
+
+async def test_two_overlapping_additions_at_once_store_one_of_them(
+    core: Core, clock: FakeClock
+) -> None:
+    await counselor(core)
+    async with core.db.session() as s:
+        profile = (await s.exec(select(Counselor))).one()
+    first, second = [local(14), local(15), local(16)], [local(15, 30), local(16, 30)]
+    results = await asyncio.gather(
+        core.db.run(lambda s: add_slots(s, profile, first, 50, clock.now())),
+        core.db.run(lambda s: add_slots(s, profile, second, 50, clock.now())),
+    )
+    assert sum(isinstance(r, SlotConflict) for r in results) == 1
+    found = await slots(core)
+    assert len(found) in (2, 3)
+    for a, b in itertools.pairwise(found):
+        assert as_utc(a.ends_at) <= as_utc(b.starts_at)
+
+
+async def test_a_counselor_removes_a_free_slot(core: Core) -> None:
+    chat = await counselor(core)
+    await with_slots(chat)
+    await chat.command("slots")
+    await chat.tap("删除")
+    assert "已删除" in "".join(r.text for r in await chat.new_replies())
+    assert [s.status for s in await slots(core)].count("removed") == 1
+
+
+async def test_only_an_admin_registers_counselors(core: Core) -> None:
+    chat = EngineChat(core, "901")
+    await chat.onboard()
+    await chat.command("counselor", f"{await case_code(core, '901')} meet=chat")
+    assert "只有管理员" in (await chat.new_replies())[-1].text
+    async with core.db.session() as s:
+        assert (await s.exec(select(Counselor))).all() == []
+
+
+# The resident's flow ---------------------------------------------------------------------------
+
+
+async def test_resident_books_day_time_topic_and_the_counselor_is_told(core: Core) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    r = await resident(core)
+    await r.tap("预约心理咨询")
+    days = (await r.new_replies())[-1]
+    assert "1月6日" in days.buttons[0][0]["label"]
+    await r.tap("1月6日")
+    times = (await r.new_replies())[-1]
+    assert [b["label"] for b in times.buttons[0]] == ["14:00", "15:00", "16:00"]
+    await r.tap("15:00")
+    await r.tap("睡眠")
+    confirm = (await r.new_replies())[-1].text
+    assert "2026年1月6日 15:00" in confirm and "电话" in confirm and "睡眠" in confirm
+    await r.tap("确认预约")
+    assert "预约好了" in (await r.new_replies())[-1].text
+    [booking] = await bookings(core)
+    assert booking.status == "booked" and booking.topic == "@sleep"
+    told = (await c.new_replies())[-1].text
+    assert "新预约" in told and await case_code(core, "100") in told and "睡眠" in told
+    assert "高风险" not in told
+
+
+async def test_a_typed_topic_is_kept_in_the_residents_words(core: Core) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    r = await resident(core)
+    await r.tap("预约心理咨询")
+    await r.tap("1月6日")
+    await r.tap("14:00")
+    await r.text("总是担心家里的老人")
+    await r.tap("确认预约")
+    assert (await bookings(core))[0].topic == "总是担心家里的老人"
+
+
+async def test_the_menu_entry_is_hidden_from_children(core: Core) -> None:
+    child = EngineChat(core, "150")
+    await child.command("start")
+    await child.tap("中文")
+    await child.tap("同意")
+    await child.tap("正在隔离")
+    await child.tap("16岁以下")
+    await child.command("menu")
+    labels = [b["label"] for row in (await child.new_replies())[-1].buttons for b in row]
+    assert not any("预约" in label for label in labels)
+
+
+async def test_an_english_speaker_does_not_see_a_chinese_only_counselor(core: Core) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    r = EngineChat(core, "101", language_hint="en")
+    await r.onboard("English")
+    await r.tap("Book a counselor")
+    assert "no free times" in (await r.new_replies())[-1].text
+
+
+async def test_twenty_residents_racing_for_one_slot_make_one_booking(core: Core) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    racers = [await resident(core, str(200 + n)) for n in range(20)]
+    tokens = []
+    for r in racers:
+        await r.tap("预约心理咨询")
+        await r.tap("1月6日")
+        await r.tap("14:00")
+        await r.tap("先不说")
+        tokens.append((await r.new_replies())[-1].token("确认预约"))
+    await asyncio.gather(*(r.press(t) for r, t in zip(racers, tokens, strict=True)))
+    found = await bookings(core)
+    assert len(found) == 1 and found[0].status == "booked"
+    losers = [r for r in racers if r.external_id != str(found[0].resident_id)]
+    offered = 0
+    for r in racers:
+        texts = [x.text for x in await r.new_replies()]
+        if any("被别人约走" in t for t in texts):
+            offered += 1
+            assert any("还空着" in t for t in texts)  # the next free slots, one tap each
+    assert offered == 19 and len(losers) >= 19
+
+
+async def test_a_loser_books_the_offered_next_slot_in_one_tap(core: Core) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    first, second = await resident(core, "100"), await resident(core, "101")
+    for r in (first, second):
+        await r.tap("预约心理咨询")
+        await r.tap("1月6日")
+        await r.tap("14:00")
+        await r.tap("先不说")
+    await first.tap("确认预约")
+    await second.tap("确认预约")
+    await second.tap("15:00")
+    await second.tap("先不说")
+    await second.tap("确认预约")
+    assert sorted(b.starts_at.hour for b in await bookings(core)) == [6, 7]
+
+
+# Changes and the cut-off -----------------------------------------------------------------------
+
+
+async def test_cancelling_frees_the_slot_and_tells_the_counselor(core: Core) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    r = await resident(core)
+    await book_first(r)
+    await c.new_replies()
+    await r.tap("预约心理咨询")
+    await r.tap("取消预约")
+    await r.tap("确定取消")
+    assert "已经取消" in (await r.new_replies())[-1].text
+    [booking] = await bookings(core)
+    assert booking.status == "cancelled" and booking.active_slot_id is None
+    assert "取消" in (await c.new_replies())[-1].text
+    other = await resident(core, "101")
+    await book_first(other)  # the same slot can be booked again
+    assert len([b for b in await bookings(core) if b.status == "booked"]) == 1
+
+
+async def test_cancelling_inside_the_cut_off_is_refused(core: Core, clock: FakeClock) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    r = await resident(core)
+    await book_first(r)
+    await r.tap("预约心理咨询")
+    clock.set(local(12, 30))  # 90 minutes before 14:00
+    await r.tap("取消预约")
+    assert "不能在线取消" in (await r.new_replies())[-1].text
+    assert (await bookings(core))[0].status == "booked"
+
+
+async def test_booking_a_slot_inside_the_cut_off_is_refused(core: Core, clock: FakeClock) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    r = await resident(core)
+    await r.tap("预约心理咨询")
+    await r.tap("1月6日")
+    await r.tap("14:00")
+    await r.tap("先不说")
+    clock.set(local(12, 30))
+    await r.tap("确认预约")
+    texts = "".join(x.text for x in await r.new_replies())
+    assert "马上就要开始" in texts
+    assert await bookings(core) == []
+
+
+async def test_a_stale_time_button_from_yesterday_is_re_checked(
+    core: Core, clock: FakeClock
+) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    r = await resident(core)
+    await r.tap("预约心理咨询")
+    await r.tap("1月6日")
+    token = (await r.new_replies())[-1].token("14:00")
+    clock.set(local(20, 0))  # the evening of the 6th: that list is from "yesterday"
+    await r.press(token)
+    texts = "".join(x.text for x in await r.new_replies())
+    assert "马上就要开始" in texts or "不能预约" in texts
+    assert await bookings(core) == []
+
+
+async def test_a_button_from_an_earlier_step_is_refused_as_stale(core: Core) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    r = await resident(core)
+    await r.tap("预约心理咨询")
+    day_token = (await r.new_replies())[-1].token("1月6日")
+    await r.press(day_token)
+    await r.tap("14:00")
+    result = await r.press(day_token)  # the day list is an earlier step now
+    assert result.notice and "之前的步骤" in result.notice
+
+
+async def test_rescheduling_moves_the_booking_and_frees_the_old_time(core: Core) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    r = await resident(core)
+    await book_first(r)
+    await r.tap("预约心理咨询")
+    await r.tap("改时间")
+    await r.tap("1月6日")
+    await r.tap("16:00")
+    await r.tap("先不说")
+    await r.tap("确认预约")
+    found = await bookings(core)
+    assert [b.status for b in found] == ["cancelled", "booked"]
+    assert found[1].starts_at.replace(tzinfo=UTC) == local(16)
+    assert any("改到" in x.text for x in await c.new_replies())
+
+
+# Waitlist and risk -----------------------------------------------------------------------------
+
+
+async def test_nothing_free_offers_the_waitlist_and_a_new_slot_tells_the_resident(
+    core: Core,
+) -> None:
+    c = await counselor(core)
+    r = await resident(core)
+    await r.tap("预约心理咨询")
+    assert "暂时没有" in (await r.new_replies())[-1].text
+    await r.tap("有空位时通知我")
+    await with_slots(c)
+    opened = (await r.new_replies())[-1]
+    assert "有新的咨询时段" in opened.text and "2026年1月6日 14:00" in opened.text
+    await r.tap("约这个时间")
+    await r.tap("先不说")
+    await r.tap("确认预约")
+    assert len(await bookings(core)) == 1
+
+
+async def test_a_resident_with_a_high_risk_escalation_is_offered_the_earliest_slot(
+    core: Core,
+) -> None:
+    c = await counselor(core)
+    await with_slots(c, "后天 9:00-11:00 50分钟")
+    await with_slots(c)
+    r = await resident(core)
+    await r.text("我不想活了")
+    await r.command("menu")
+    await r.new_replies()
+    await r.tap("预约心理咨询")
+    days = (await r.new_replies())[-1]
+    assert "最早的时段" in days.text and "⭐" in days.buttons[0][0]["label"]
+    assert "1月6日 14:00" in days.buttons[0][0]["label"]
+    await r.tap("⭐")
+    await r.tap("先不说")
+    await r.tap("确认预约")
+    assert (await bookings(core))[0].high_risk
+    assert "高风险" in (await c.new_replies())[-1].text
+    async with core.db.session() as s:
+        assert (await s.exec(select(Escalation))).first() is not None
+
+
+# Reminders and the outcome ---------------------------------------------------------------------
+
+
+async def test_reminders_go_to_both_24_and_1_hour_before_once_each(
+    core: Core, clock: FakeClock
+) -> None:
+    c = await counselor(core)
+    await with_slots(c, "后天 14:00-15:00 50分钟")  # Jan 7, 14:00 Shanghai
+    r = await resident(core)
+    await r.tap("预约心理咨询")
+    await r.tap("1月7日")
+    await r.tap("14:00")
+    await r.tap("先不说")
+    await r.tap("确认预约")
+    await r.new_replies()
+    await c.new_replies()
+
+    async def sweep() -> int:
+        return await core.db.run(lambda s: send_due_reminders(s, core.engine, clock.now()))
+
+    assert await sweep() == 0
+    clock.set(local(14, day=7) - timedelta(hours=24))
+    assert await sweep() == 2
+    assert await sweep() == 0  # run twice: nothing twice
+    resident_24 = (await r.new_replies())[-1].text
+    assert "24 小时" in resident_24 and PHONE in resident_24
+    assert "24 小时" in (await c.new_replies())[-1].text
+    clock.set(local(13, day=7))
+    assert await sweep() == 2
+    assert PHONE in (await r.new_replies())[-1].text
+    assert "1 小时" in (await c.new_replies())[-1].text
+    clock.set(local(14, 50, day=7))
+    assert await sweep() == 1
+    ask = (await c.new_replies())[-1]
+    assert "请记录" in ask.text
+    await c.press(ask.token("已进行"))
+    await c.text("来访者睡眠改善，下周再约")
+    [booking] = await bookings(core)
+    assert booking.status == "held" and booking.staff_note == "来访者睡眠改善，下周再约"
+    async with core.db.session() as s:
+        person = (await s.exec(select(Person).where(Person.external_id == "100"))).one()
+        exported = await export_person(core.engine, s, person)
+    assert exported["bookings"][0]["status"] == "held"
+    assert "睡眠改善" not in json.dumps(exported, ensure_ascii=False)
+    async with core.db.session() as s:
+        assert all(x.sent_at for x in (await s.exec(select(BookingReminder))).all())
+
+
+async def test_a_cancelled_booking_sends_no_reminders(core: Core, clock: FakeClock) -> None:
+    c = await counselor(core)
+    await with_slots(c, "后天 14:00-15:00 50分钟")
+    r = await resident(core)
+    await r.tap("预约心理咨询")
+    await r.tap("1月7日")
+    await r.tap("14:00")
+    await r.tap("先不说")
+    await r.tap("确认预约")
+    await r.tap("预约心理咨询")
+    await r.tap("取消预约")
+    await r.tap("确定取消")
+    clock.set(local(14, 50, day=7))
+    assert await core.db.run(lambda s: send_due_reminders(s, core.engine, clock.now())) == 0
+
+
+async def test_a_counselor_marks_a_no_show_from_the_slots_list(
+    core: Core, clock: FakeClock
+) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    r = await resident(core)
+    await book_first(r)
+    await c.command("slots")
+    listing = (await c.new_replies())[-1]
+    assert not any("未到场" in b["label"] for row in listing.buttons for b in row)
+    clock.set(local(15))
+    await c.command("slots")
+    await c.tap("未到场")
+    await c.tap("不用了")
+    [booking] = await bookings(core)
+    assert booking.status == "no_show" and booking.staff_note == ""
+
+
+async def test_erasing_a_resident_removes_their_bookings(core: Core) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    r = await resident(core)
+    await book_first(r)
+    await r.command("privacy")
+    await r.tap("删除")
+    await r.tap("确定删除")
+    assert await bookings(core) == []
+    async with core.db.session() as s:
+        assert (await s.exec(select(BookingReminder))).all() == []
+        rows = (await s.exec(select(OutboxMessage))).all()
+    assert rows
