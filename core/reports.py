@@ -156,14 +156,68 @@ def day_window(day: date, site: Site) -> tuple[datetime, datetime]:
 OptionalFigures = Callable[[AsyncSession, str, datetime, datetime], Awaitable[dict[str, int]]]
 
 
-def _optional_module(name: str) -> OptionalFigures | None:
-    """A feature module's ``report_figures`` hook, when that module exists."""
+def _module(name: str) -> Any:
+    """A feature module, or None when this deployment does not have it."""
     try:
-        module = importlib.import_module(name)
+        return importlib.import_module(name)
     except ImportError:
         return None
-    hook = getattr(module, "report_figures", None)
-    return hook if callable(hook) else None
+
+
+async def booking_figures(
+    session: AsyncSession, site_code: str, start: datetime, end: datetime
+) -> dict[str, int] | None:
+    """Sessions held and no-shows at a site in a window; None without the booking module.
+
+    The module's own ``report_figures`` is used when it has one; otherwise its ``Booking``
+    table is counted by status (``held``, ``no_show``) for sessions starting in the window.
+    """
+    module = _module("core.booking")
+    if module is None:
+        return None
+    hook: OptionalFigures | None = getattr(module, "report_figures", None)
+    if callable(hook):
+        return await hook(session, site_code, start, end)
+    booking = getattr(module, "Booking", None)
+    if booking is None:
+        return None
+    rows = (
+        await session.exec(
+            select(booking.status, func.count())
+            .join(Person, col(Person.id) == booking.resident_id)
+            .where(col(Person.site_code) == site_code)
+            .where(booking.starts_at >= start, booking.starts_at < end)
+            .group_by(booking.status)
+        )
+    ).all()
+    by_status = {str(status): int(n) for status, n in rows}
+    return {"held": by_status.get("held", 0), "no_shows": by_status.get("no_show", 0)}
+
+
+async def room_figures(
+    session: AsyncSession, site_code: str, start: datetime, end: datetime
+) -> dict[str, int] | None:
+    """Seats taken in group-room sessions starting in the window; None without rooms."""
+    module = _module("core.rooms")
+    if module is None:
+        return None
+    hook: OptionalFigures | None = getattr(module, "report_figures", None)
+    if callable(hook):
+        return await hook(session, site_code, start, end)
+    member = getattr(module, "RoomMember", None)
+    meeting = getattr(module, "RoomSession", None)
+    if member is None or meeting is None:
+        return None
+    attended = await _count(
+        session,
+        select(func.count())
+        .select_from(member)
+        .join(meeting, meeting.id == member.session_id)
+        .join(Person, col(Person.id) == member.person_id)
+        .where(col(Person.site_code) == site_code)
+        .where(meeting.starts_at >= start, meeting.starts_at < end),
+    )
+    return {"attended": attended}
 
 
 async def compute(session: AsyncSession, site: Site, day: date, now: datetime) -> DailyFigures:
@@ -219,15 +273,13 @@ async def compute(session: AsyncSession, site: Site, day: date, now: datetime) -
         .where(col(Escalation.created_at) < as_utc(now)),
     )
 
-    booking = _optional_module("core.booking")
-    if booking is not None:
-        found = await booking(session, site.code, start, end)
-        figures.bookings_held = int(found.get("held", 0))
-        figures.booking_no_shows = int(found.get("no_shows", 0))
-    rooms = _optional_module("core.rooms")
+    bookings = await booking_figures(session, site.code, start, end)
+    if bookings is not None:
+        figures.bookings_held = int(bookings.get("held", 0))
+        figures.booking_no_shows = int(bookings.get("no_shows", 0))
+    rooms = await room_figures(session, site.code, start, end)
     if rooms is not None:
-        found = await rooms(session, site.code, start, end)
-        figures.room_attendance = int(found.get("attended", 0))
+        figures.room_attendance = int(rooms.get("attended", 0))
 
     sent_rows = (
         await session.exec(
