@@ -27,8 +27,11 @@ from core.outbox import RateLimits
 from tests.fakebotapi import FakeBotAPI, FakeUser, SentMessage
 
 WEBHOOK_SECRET = "fake-telegram-secret_0123456789"
+
+
 # Flood limits have their own tests (test_outbox_delivery.py); here they would only add waits.
-UNLIMITED = {"global_per_second": 10_000.0, "chat_per_second": 10_000.0, "chat_burst": 10_000.0}
+def unlimited() -> RateLimits:
+    return RateLimits(global_per_second=10_000, chat_per_second=10_000, chat_burst=10_000)
 
 
 def free_port() -> int:
@@ -170,7 +173,10 @@ class Resident:
     async def answer_to(self, press: dict[str, Any]) -> dict[str, Any]:
         """The bot's answerCallbackQuery for a press (the toast the person sees)."""
         query_id = press["callback_query"]["id"]
-        return await self.bot.api.wait_for(lambda: self.bot.api.callback_answers.get(query_id))
+        answer: dict[str, Any] = await self.bot.api.wait_for(
+            lambda: self.bot.api.callback_answers.get(query_id)
+        )
+        return answer
 
 
 StartBot = Callable[..., Awaitable[BotUnderTest]]
@@ -204,8 +210,8 @@ async def start_bot(
             options["public_url"] = f"http://127.0.0.1:{port}"
             options["webhook_secret"] = WEBHOOK_SECRET
         options.update(overrides)
-        settings = Settings(**options, _env_file=None)  # type: ignore[call-arg]
-        runtime = Runtime.build(settings, clock, telegram_limits=RateLimits(**UNLIMITED))
+        settings = Settings(**options, _env_file=None)
+        runtime = Runtime.build(settings, clock, telegram_limits=unlimited())
         await runtime.db.create_all()
         started.append(runtime)
         await runtime.start(serve_http=transport == "webhook", scheduler=False)

@@ -109,7 +109,7 @@ async def rig(db: Database, clock: FakeClock) -> AsyncIterator[Rig]:
         try:
             yield Rig(db, api, bot, clock)
         finally:
-            http = await bot.session.create_session()
+            http = await session.create_session()
             await http.close()
 
 
