@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     webhook_secret: str = ""
     staff_chat_id: str = ""
     backup_chat_id: str = ""
+    outbox_stale_claim_seconds: float = Field(default=60.0, gt=0)
     repage_minutes: float = Field(default=2.0, gt=0)
     supervisor_minutes: float = Field(default=5.0, gt=0)
     quiet_hours: str = Field(default="22:00-08:00", description="site time; empty turns off")

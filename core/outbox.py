@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import secrets
 import time
 from collections import deque
@@ -32,7 +31,6 @@ from core.models import ButtonToken, OutboxMessage, Person, WebTranscript
 log = logging.getLogger(__name__)
 
 STALE_CLAIM = timedelta(seconds=60)
-STALE_CLAIM_ENV = "ANXIN_OUTBOX_STALE_CLAIM_SECONDS"
 MAX_BACKOFF = 300.0
 GIVE_UP_AFTER = 40  # attempts, for everything but crisis messages, which never give up
 
@@ -223,6 +221,7 @@ class RateLimits:
     monotonic: Callable[[], float] = time.monotonic
     _global: SlidingWindow | None = field(default=None, init=False)
     _chats: dict[str, TokenBucket] = field(default_factory=dict, init=False)
+    _limited: set[str] = field(default_factory=set, init=False)
 
     def _bucket(self, chat_id: str, chat_kind: str) -> TokenBucket:
         bucket = self._chats.get(chat_id)
@@ -247,29 +246,22 @@ class RateLimits:
         """Count one message to this chat."""
         assert self._global is not None
         self._global.take()
-        self._bucket(chat_id, chat_kind).take()
+        bucket = self._bucket(chat_id, chat_kind)
+        bucket.take()
+        if not bucket.ready():
+            self._limited.add(chat_id)
+
+    def limited_chats(self) -> set[str]:
+        """Chats that have used up their own limit for now."""
+        for chat_id in list(self._limited):
+            bucket = self._chats.get(chat_id)
+            if bucket is None or bucket.ready():
+                self._limited.discard(chat_id)
+        return set(self._limited)
 
     def global_wait(self) -> float:
         """Seconds until the overall limit allows one more."""
         return 0.0 if self._global is None else self._global.wait_time()
-
-
-def stale_claim_from_env() -> timedelta:
-    """How long a claimed row may go unanswered before it is queued again (env, else 60 s).
-
-    Keep it well above the platform's request timeout: a claim released while its request is
-    still in flight is sent twice.
-    """
-    raw = os.environ.get(STALE_CLAIM_ENV, "").strip()
-    if not raw:
-        return STALE_CLAIM
-    try:
-        seconds = float(raw)
-    except ValueError:
-        seconds = -1.0
-    if not seconds > 0:
-        raise ValueError(f"{STALE_CLAIM_ENV} must be a positive number of seconds, not {raw!r}.")
-    return timedelta(seconds=seconds)
 
 
 def backoff(attempts: int) -> float:
@@ -302,7 +294,7 @@ class DeliveryWorker:
         self.concurrency = concurrency
         self.worker_id = worker_id
         self.hold = hold
-        self.stale_claim = stale_claim if stale_claim is not None else stale_claim_from_env()
+        self.stale_claim = stale_claim if stale_claim is not None else STALE_CLAIM
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
 
@@ -369,6 +361,10 @@ class DeliveryWorker:
         return len(claimed), 0.0
 
     async def _claim(self, session: AsyncSession, now: datetime) -> list[OutboxMessage]:
+        # Chats that cannot take a message now are left out in the query itself, so that one
+        # chat with hundreds of waiting rows (a staff group at 20 a minute) never fills the
+        # batch and starves everyone else.
+        stalled = await self._stalled_chats(session, now) | self.limits.limited_chats()
         query = (
             select(OutboxMessage)
             .where(OutboxMessage.channel == self.channel)
@@ -377,10 +373,12 @@ class DeliveryWorker:
             .order_by(col(OutboxMessage.priority), col(OutboxMessage.id))
             .limit(self.batch)
         )
+        if stalled:
+            query = query.where(col(OutboxMessage.chat_id).not_in(stalled))
         if not self.db.is_sqlite:
             query = query.with_for_update(skip_locked=True)
         rows = (await session.exec(query)).all()
-        busy_chats = await self._chats_in_flight(session, {r.chat_id for r in rows})
+        busy_chats = stalled
         held = await self.hold.held(session, rows, now) if self.hold is not None else {}
         chosen: list[OutboxMessage] = []
         seen: set[str] = set()
@@ -406,14 +404,17 @@ class DeliveryWorker:
             chosen.append(row)
         return chosen
 
-    async def _chats_in_flight(self, session: AsyncSession, chats: set[str]) -> set[str]:
-        if not chats:
-            return set()
+    async def _stalled_chats(self, session: AsyncSession, now: datetime) -> set[str]:
+        """Chats with a message in flight or waiting out a retry: their next rows wait."""
         result = await session.exec(
             select(OutboxMessage.chat_id)
             .where(OutboxMessage.channel == self.channel)
-            .where(OutboxMessage.status == "sending")
-            .where(col(OutboxMessage.chat_id).in_(chats))
+            .where(
+                (col(OutboxMessage.status) == "sending")
+                | ((col(OutboxMessage.status) == "pending") & (col(OutboxMessage.hold_until) > now))
+            )
+            .distinct()
+            .limit(5000)
         )
         return set(result.all())
 
