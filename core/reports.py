@@ -129,6 +129,7 @@ class DailyFigures:
         ratio = self.counselors_per_200
         return {
             **{k: v for k, v in asdict(self).items() if k != "assessments"},
+            "date": self.day,
             "assessments": assessments,
             "bookings_held": _blank(self.bookings_held),
             "booking_no_shows": _blank(self.booking_no_shows),

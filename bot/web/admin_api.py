@@ -6,8 +6,8 @@ or supervisor token. The routes only translate HTTP into core calls; core decide
 documentation is served at ``/docs``.
 """
 
-from __future__ import annotations
-
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations at run time,
+# and the dependency aliases (``Admin``, ``Caller``) are local to ``admin_router``.
 import asyncio
 import sys
 from datetime import date, datetime, timedelta
@@ -102,7 +102,7 @@ def admin_router(core: Core) -> APIRouter:
     Admin = Annotated[ApiToken, Depends(admin)]
     Caller = Annotated[ApiToken, Depends(caller)]
 
-    def refused(error: BroadcastError, code: int = status.HTTP_422_UNPROCESSABLE_ENTITY) -> Any:
+    def refused(error: BroadcastError, code: int = 422) -> Any:
         return JSONResponse(
             {"error": error.key, "message": engine.catalogs.t("en", error.key, **error.params)},
             status_code=code,
