@@ -1,0 +1,1 @@
+"""Fault tests: SIGKILL, a failing Telegram, a vanished database, several processes."""
