@@ -1,0 +1,222 @@
+"""(a) Inbound throughput and latency: Anxin beside a bare aiogram echo bot, same everything.
+
+N simulated residents each send a mix of ordinary messages ("你好", "今天有点累", "/menu",
+"谢谢", and a press of the menu's Help button), one at a time: POST the update to the bot's
+webhook (uvicorn for Anxin, aiogram's aiohttp handler for the echo bot; real HTTP on
+127.0.0.1, one shared aiohttp client), then wait until every reply to it has reached the fake
+Bot API, then send the next. Latency is from the POST to the last reply reaching the fake API;
+the rate is messages handled per second of the whole run.
+
+The bot runs in its own process; the load generator and the fake Bot API share this one. Rate
+limits are lifted on both sides (the fake enforces none, Anxin's RateLimits are 100,000/s),
+since Telegram's per-chat limit of ~1 message a second would measure Telegram, not us.
+
+    python bench/inbound_throughput.py --db both
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from _harness import (
+    FIRST_USER,
+    SECRET,
+    BenchAPI,
+    BotProcess,
+    Updates,
+    cpu_seconds,
+    database,
+    latency_line,
+    machine,
+    person_row,
+    seed,
+    start_bot,
+)
+
+LIFTED = {"global_per_second": 100_000, "chat_per_second": 100_000, "chat_burst": 100_000}
+MIX = ("你好", "今天有点累", "press:help", "/menu", "谢谢")
+
+
+class Load:
+    """Residents talking to one bot through one HTTP client."""
+
+    def __init__(self, api: BenchAPI, bot: BotProcess, client: aiohttp.ClientSession) -> None:
+        self.api = api
+        self.bot = bot
+        self.client = client
+        self.updates = Updates(start=int(time.time() * 1000) % 10**9 * 10)
+        self.help_data: dict[int, str] = {}
+        self.replies_per: dict[str, int] = {}
+
+    async def post(self, update: dict[str, Any]) -> None:
+        async with self.client.post(
+            self.bot.webhook,
+            data=json.dumps(update, ensure_ascii=False).encode(),
+            headers={
+                "Content-Type": "application/json",
+                "X-Telegram-Bot-Api-Secret-Token": SECRET,
+            },
+        ) as response:
+            await response.read()
+            if response.status != 200:
+                raise RuntimeError(f"webhook answered {response.status}")
+
+    def update_for(self, user: int, item: str) -> dict[str, Any]:
+        if item == "press:help":
+            update = self.updates.press(user, self.help_data.get(user, "help"))
+            query = update["callback_query"]
+            self.api._queries[query["id"]] = query  # the fake answers only queries it issued
+            return update
+        return self.updates.text(user, item)
+
+    async def settle(self, user: int, quiet: float = 0.4, limit: float = 5.0) -> int:
+        """Wait until no new message reached ``user`` for ``quiet`` seconds; return the count."""
+        deadline = time.monotonic() + limit
+        count = len(self.api.by_chat[user])
+        while time.monotonic() < deadline:
+            await asyncio.sleep(quiet)
+            now = len(self.api.by_chat[user])
+            if now == count:
+                return count
+            count = now
+        return count
+
+    async def warm_up(self, users: list[int], help_label: str | None) -> None:
+        """Everyone opens the menu once (Anxin also plans their check-ins then)."""
+        await asyncio.gather(*(self.post(self.updates.text(u, "/menu")) for u in users))
+        await asyncio.gather(*(self.settle(u) for u in users))
+        for user in users:
+            data = None
+            for got in reversed(self.api.by_chat[user]):
+                if isinstance(got.markup, dict):
+                    for row in got.markup.get("inline_keyboard", []):
+                        for button in row:
+                            if help_label is None or button.get("text") == help_label:
+                                data = button.get("callback_data")
+                if data:
+                    break
+            if data:
+                self.help_data[user] = data
+        # How many messages each kind of input gets back (replies are counted, not guessed).
+        probe = users[0]
+        for item in MIX:
+            before = len(self.api.by_chat[probe])
+            await self.post(self.update_for(probe, item))
+            self.replies_per[item] = await self.settle(probe) - before
+
+    async def resident(self, index: int, user: int, messages: int, out: list[float]) -> None:
+        for i in range(messages):
+            item = MIX[(i + index) % len(MIX)]
+            expected = len(self.api.by_chat[user]) + self.replies_per[item]
+            start = time.monotonic()
+            await self.post(self.update_for(user, item))
+            await self.api.wait_count(user, expected, timeout=60)
+            out.append(time.monotonic() - start)
+
+
+async def run_one(
+    kind: str,
+    api: BenchAPI,
+    url: str,
+    users: list[int],
+    messages: int,
+    workdir: Path,
+    help_label: str | None,
+) -> dict[str, Any]:
+    config: dict[str, Any] = {"api_url": api.base_url, "limits": LIFTED}
+    if kind == "anxin":
+        config.update(database_url=url, data_dir=str(workdir))
+    bot = await start_bot(kind, config)
+    try:
+        connector = aiohttp.TCPConnector(limit=len(users) + 8)
+        async with aiohttp.ClientSession(connector=connector) as client:
+            load = Load(api, bot, client)
+            await load.warm_up(users, help_label if kind == "anxin" else None)
+            latencies: list[float] = []
+            sent_before = api.total
+            cpu_before = cpu_seconds()
+            bot_before = bot.cpu()
+            start = time.monotonic()
+            await asyncio.gather(
+                *(load.resident(i, u, messages, latencies) for i, u in enumerate(users))
+            )
+            elapsed = time.monotonic() - start
+            harness_cpu = cpu_seconds() - cpu_before
+            bot_cpu = bot.cpu() - bot_before
+            replies = api.total - sent_before
+    finally:
+        bot.stop()
+    return {
+        "bot": kind,
+        "messages": len(latencies),
+        "replies": replies,
+        "seconds": elapsed,
+        "rate": len(latencies) / elapsed,
+        "latencies": latencies,
+        "replies_per": load.replies_per,
+        "harness_cpu": harness_cpu / elapsed,
+        "bot_cpu": bot_cpu / elapsed,
+    }
+
+
+async def bench(db_kind: str, residents: int, messages: int) -> dict[str, Any]:
+    from core.config import SUPPORTED_LANGUAGES
+    from core.i18n import load_catalogs
+
+    catalogs = load_catalogs(Path(__file__).resolve().parents[1] / "locales", SUPPORTED_LANGUAGES)
+    help_label = catalogs.t("zh_Hans", "menu.help")
+    users = [FIRST_USER + i for i in range(residents)]
+    with tempfile.TemporaryDirectory(prefix="anxin-bench-") as tmp:
+        workdir = Path(tmp)
+        async with BenchAPI() as api, database(db_kind, workdir) as url:
+            now = datetime.now(UTC)
+            await seed(url, (person_row(u, i, now) for i, u in enumerate(users)))
+            results = {}
+            for kind in ("echo", "anxin"):
+                results[kind] = await run_one(
+                    kind, api, url, users, messages, workdir, help_label
+                )
+    return results
+
+
+def report(db_kind: str, results: dict[str, Any]) -> None:
+    print(f"\n== {db_kind}: {len(results['anxin']['latencies'])} messages per bot ==")
+    for kind in ("echo", "anxin"):
+        r = results[kind]
+        print(
+            f"{kind:6s} {r['rate']:8.1f} msg/s ({r['replies'] / r['seconds']:7.1f} replies/s)  "
+            f"{latency_line(r['latencies'])}  [CPU: bot {r['bot_cpu'] * 100:.0f}%, harness "
+            f"{r['harness_cpu'] * 100:.0f}% of a core]"
+        )
+    print(f"replies per input (anxin): {results['anxin']['replies_per']}")
+    ratio = results["anxin"]["rate"] / results["echo"]["rate"]
+    verdict = "met" if ratio >= 0.5 else "MISSED"
+    print(f"ratio anxin/echo: {ratio:.2f}  (target >= 0.50: {verdict})")
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", choices=("sqlite", "postgresql", "both"), default="both")
+    parser.add_argument("--residents", type=int, default=50, help="concurrent residents")
+    parser.add_argument("--messages", type=int, default=60, help="messages per resident")
+    args = parser.parse_args()
+    print(machine())
+    print(
+        f"{args.residents} residents x {args.messages} messages; rate limits lifted "
+        "(fake API: none; Anxin RateLimits 100,000/s)"
+    )
+    kinds = ("sqlite", "postgresql") if args.db == "both" else (args.db,)
+    for db_kind in kinds:
+        report(db_kind, await bench(db_kind, args.residents, args.messages))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
