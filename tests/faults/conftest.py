@@ -29,12 +29,15 @@ from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import pytest
 
 from tests.fakebotapi import FakeBotAPI, FakeUser, SentMessage
+
+if TYPE_CHECKING:
+    from bot.runtime import Runtime
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "4242001:fault-test-token"
@@ -254,6 +257,58 @@ def bot_env(
     return env
 
 
+@contextlib.asynccontextmanager
+async def in_process_bot(
+    api: FakeBotAPI, tmp_path: Path, database_url: str, *, send_timeout: float = 0.5
+) -> AsyncIterator[Runtime]:
+    """The whole runtime in this process (real clock, webhook, delivery; no scheduler).
+
+    ``send_timeout`` is aiogram's request timeout, so that a call Telegram never answers is
+    given up in a test's time rather than aiogram's 60 s.
+    """
+    from bot.runtime import Runtime
+    from core.clock import SystemClock
+    from core.config import Settings
+    from core.outbox import RateLimits
+
+    port = free_port()
+    settings = Settings(  # type: ignore[call-arg]
+        data_dir=tmp_path,
+        database_url=database_url,
+        telegram_token=api.token,
+        telegram_api_url=api.base_url,
+        host="127.0.0.1",
+        port=port,
+        public_url=f"http://127.0.0.1:{port}",
+        webhook_secret=WEBHOOK_SECRET,
+        staff_chat_id=str(STAFF_CHAT),
+        admins=[str(COUNSELOR)],
+        log_level="WARNING",
+        _env_file=None,
+    )
+    # Flood limits (the staff group's 20 a minute too) have their own tests.
+    limits = RateLimits(
+        global_per_second=100_000,
+        chat_per_second=100_000,
+        chat_burst=100_000,
+        group_per_minute=6_000_000,
+    )
+    runtime = Runtime.build(settings, SystemClock(), telegram_limits=limits)
+    assert runtime.telegram is not None
+    runtime.telegram.bot.session.timeout = send_timeout
+    await runtime.db.create_all()
+    try:
+        await runtime.start(serve_http=True, scheduler=False)
+        server = runtime.server
+        assert server is not None
+        await until(lambda: server.started, "the web server listening")
+        yield runtime
+    finally:
+        for task in runtime.listeners:
+            task.cancel()
+        await runtime.stop()
+
+
 # --------------------------------------------------------------------------- the fake API
 
 
@@ -324,33 +379,44 @@ CASE_CODE = re.compile(r"R-[0-9A-Z]{4}")
 
 
 async def crisis_script(
-    api: FakeBotAPI, resident_id: int, counselor: FakeUser, *, claim: bool = True
+    api: FakeBotAPI,
+    resident_id: int,
+    counselor: FakeUser,
+    *,
+    claim: bool = True,
+    patience: float = BOUND,
 ) -> str:
-    """One resident from /start to a counselor claiming their case; returns the case code."""
+    """One resident from /start to a counselor claiming their case; returns the case code.
+
+    ``patience``: how long to wait for each expected message.
+    """
     resident = api.user(resident_id, f"居民{resident_id % 1000}", language_code="zh-hans")
+
+    async def to(chat: int, text: str, button: str | None = None) -> SentMessage:
+        return await message_with(api, chat, text, button, timeout=patience)
+
+    me = resident_id
     await resident.send_command("/start")
-    await press(resident, await message_with(api, resident_id, "你好，我是安心", "中文"), "中文")
-    consent = await message_with(api, resident_id, "隐私", "同意，开始")
-    await press(resident, consent, "同意，开始")
-    relation = await message_with(api, resident_id, "你是哪一位", "正在隔离的人")
-    await press(resident, relation, "正在隔离的人")
-    await press(resident, await message_with(api, resident_id, "你的年龄是", "18–39岁"), "18–39岁")
-    told = await message_with(api, resident_id, "你的编号是 R-")
+    await press(resident, await to(me, "你好，我是安心", "中文"), "中文")
+    await press(resident, await to(me, "隐私", "同意，开始"), "同意，开始")
+    await press(resident, await to(me, "你是哪一位", "正在隔离的人"), "正在隔离的人")
+    await press(resident, await to(me, "你的年龄是", "18–39岁"), "18–39岁")
+    told = await to(me, "你的编号是 R-")
     match = CASE_CODE.search(told.plain_text or "")
     assert match, told.plain_text
     code = match.group(0)
-    await message_with(api, resident_id, "我能为你做些什么")
+    await to(me, "我能为你做些什么")
     await resident.send_text("我不想活了")
-    await message_with(api, resident_id, "已经通知了值班的心理咨询师")
-    question = await message_with(api, resident_id, "你有没有想过要怎么做", "没有")
-    card = await message_with(api, STAFF_CHAT, code, "认领")
+    await to(me, "已经通知了值班的心理咨询师")
+    question = await to(me, "你有没有想过要怎么做", "没有")
+    card = await to(STAFF_CHAT, code, "认领")
     await press(resident, question, "没有")
-    await message_with(api, resident_id, "你身边有没有可以用来伤害自己的东西")
+    await to(me, "你身边有没有可以用来伤害自己的东西")
     if claim:
         await press(counselor, card, "认领")
-        await message_with(api, resident_id, "现在和你在一起")
-        await message_with(api, STAFF_CHAT, f"{code} 已由")
-        await message_with(api, COUNSELOR, f"你现在与 {code} 连线")
+        await to(me, "现在和你在一起")
+        await to(STAFF_CHAT, f"{code} 已由")
+        await to(COUNSELOR, f"你现在与 {code} 连线")
     return code
 
 
