@@ -294,6 +294,9 @@ class CheckinFlow:
         plan.next_due_at = next_checkin_at(local_time, tz, plan.tier, turn.now, None)
         turn.session.add(plan)
         turn.say("checkin.welcome", time=plan.local_time)
+        # Said before the menu that ends onboarding, so the menu stays the last thing shown.
+        welcome = turn.out.pop()
+        turn.out.insert(max(0, len(turn.out) - 1), welcome)
 
     async def _plan(self, turn: Turn) -> CheckinPlan | None:
         if turn.person.id is None or not _eligible(turn.person):
@@ -839,16 +842,17 @@ async def replan_changed(session: AsyncSession, engine: ConversationEngine, now:
 async def alert_silence(session: AsyncSession, engine: ConversationEngine, now: datetime) -> int:
     """Tell the staff chat about people silent for 3 days after a recent high-risk case."""
     recent = now - timedelta(days=RECENT_HIGH_DAYS)
-    rows = (
-        await session.exec(
-            select(CheckinPlan, Escalation)
-            .join(Escalation, col(Escalation.person_id) == col(CheckinPlan.person_id))
-            .where(col(Escalation.level) >= int(RiskLevel.HIGH))
-            .where(col(Escalation.status) == "resolved")
-            .where(col(Escalation.resolved_at) >= recent)
-            .order_by(col(Escalation.resolved_at).desc())
-        )
-    ).all()
+    query = (
+        select(CheckinPlan, Escalation)
+        .join(Escalation, col(Escalation.person_id) == col(CheckinPlan.person_id))
+        .where(col(Escalation.level) >= int(RiskLevel.HIGH))
+        .where(col(Escalation.status) == "resolved")
+        .where(col(Escalation.resolved_at) >= recent)
+        .order_by(col(Escalation.resolved_at).desc())
+    )
+    if not engine.db.is_sqlite:  # two workers never alert about the same person twice
+        query = query.with_for_update(skip_locked=True, of=CheckinPlan)
+    rows = (await session.exec(query)).all()
     out: list[Outbound] = []
     done: set[int] = set()
     alerted = 0

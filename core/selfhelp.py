@@ -27,7 +27,6 @@ from core.risk import RiskLevel
 PAUSE_LINE = re.compile(r"^\+\+\+\s*pause\s+(\d{1,3})\s*s?\s*$", re.MULTILINE)
 ORDER_LINE = re.compile(r"^order:\s*(\d+)\s*$")
 STAFF_FIRST = ("frontline",)
-AFTER_ASSESSMENT = ("breathing", "grounding", "sleep")
 
 
 class SelfHelpError(ValueError):
@@ -218,7 +217,10 @@ class SelfHelpFlow:
         )
 
     async def after_assessment(self, turn: Turn) -> None:
-        """After a questionnaire result, point to exercises (not when a crisis reply went)."""
+        """After a questionnaire result, add a way into the library to the result's buttons.
+
+        Not when a crisis reply went out: then the crisis lines come first, and alone.
+        """
         if (
             turn.erased
             or not turn.state_changed
@@ -226,9 +228,8 @@ class SelfHelpFlow:
             or turn.risk_level >= RiskLevel.HIGH
         ):
             return
-        turn.say(
-            "selfhelp.after_assessment",
-            buttons=self.topic_buttons(
-                turn, [t for t in AFTER_ASSESSMENT if t in self.library.topics]
-            ),
-        )
+        for message in reversed(turn.out):
+            if message.person_id == turn.person.id and message.priority == Priority.REPLY:
+                row = [turn.button("selfhelp.button_from_result", "selfhelp")]
+                message.buttons.insert(max(0, len(message.buttons) - 1), row)
+                return

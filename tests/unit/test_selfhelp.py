@@ -102,9 +102,10 @@ async def test_a_questionnaire_result_points_to_the_exercises(core: Core) -> Non
     await chat.tap("心情和兴趣")
     await chat.tap("完全不会")
     await chat.tap("完全不会")
-    replies = await chat.new_replies()
-    pointer = [r for r in replies if "小练习" in r.text]
-    assert pointer and pointer[0].token("呼吸练习")
+    result = (await chat.new_replies())[-1]
+    assert "筛查阴性" in result.text
+    await chat.press(result.token("放松小练习"))
+    assert "呼吸练习" in str((await chat.new_replies())[-1].buttons)
 
 
 async def test_a_checkin_answer_offers_the_library(core: Core) -> None:
