@@ -25,6 +25,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
@@ -226,6 +227,23 @@ async def fleet(forkserver: ForkServer, tmp_path: Path) -> AsyncIterator[Fleet]:
         await procs.stop_all()
 
 
+@pytest.fixture
+def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh PostgreSQL database (a skip without one, a failure under --require-all)."""
+    from tests.conftest import POSTGRES_ENV, _pg_admin, missing_service, postgres_url
+
+    admin = postgres_url()
+    if admin is None:
+        missing_service(request, f"PostgreSQL (set {POSTGRES_ENV})")
+        return
+    name = f"anxin_faults_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_pg_admin(admin, f'CREATE DATABASE "{name}"'))
+    try:
+        yield f"{admin.rpartition('/')[0]}/{name}"
+    finally:
+        asyncio.run(_pg_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
 def bot_env(
     tmp_path: Path,
     api: FakeBotAPI,
@@ -272,7 +290,7 @@ async def in_process_bot(
     from core.outbox import RateLimits
 
     port = free_port()
-    settings = Settings(  # type: ignore[call-arg]
+    settings = Settings(
         data_dir=tmp_path,
         database_url=database_url,
         telegram_token=api.token,
