@@ -220,6 +220,7 @@ class RateLimits:
     group_per_minute: float = 20.0
     monotonic: Callable[[], float] = time.monotonic
     _global: SlidingWindow | None = field(default=None, init=False)
+    _sends: SlidingWindow | None = field(default=None, init=False)
     _chats: dict[str, TokenBucket] = field(default_factory=dict, init=False)
     _limited: set[str] = field(default_factory=set, init=False)
 
@@ -262,6 +263,22 @@ class RateLimits:
     def global_wait(self) -> float:
         """Seconds until the overall limit allows one more."""
         return 0.0 if self._global is None else self._global.wait_time()
+
+    async def pace_send(self) -> None:
+        """Wait until one more send fits the overall limit counted at the moment of sending.
+
+        Claims are counted when rows are claimed; a batch whose sends spread out (each send is
+        followed by its own database write) would otherwise overlap the next batch's sends
+        and put up to twice the limit on the wire within one second.
+        """
+        if self._sends is None:
+            self._sends = SlidingWindow(self.global_per_second, 1.0, self.monotonic)
+        for _ in range(100):  # bounded: a clock that stands still must not hang delivery
+            wait = self._sends.wait_time()
+            if wait <= 0:
+                break
+            await asyncio.sleep(wait)
+        self._sends.take()
 
 
 def backoff(attempts: int) -> float:
@@ -355,6 +372,7 @@ class DeliveryWorker:
 
         async def one(row: OutboxMessage) -> None:
             async with semaphore:
+                await self.limits.pace_send()
                 await self._send_one(row)
 
         await asyncio.gather(*(one(row) for row in claimed))
