@@ -143,12 +143,17 @@ def _is_transient(exc: BaseException) -> bool:
     text_ = str(exc).lower()
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
+    # asyncpg raises the socket's own error when the server refuses or drops a new
+    # connection ("[Errno 111] Connect call failed"), not a DBAPI error.
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
     return any(
         marker in text_
         for marker in (
             "database is locked",
             "database is busy",
             "connection refused",
+            "connect call failed",
             "connection was closed",
             "connection is closed",
             "could not connect",
