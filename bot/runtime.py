@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import logging
 import signal
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 
 import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -15,13 +17,15 @@ from fastapi import FastAPI
 
 from bot.telegram.channel import TelegramChannel
 from bot.telegram.delivery import TelegramSender
+from bot.telegram.rooms import TelegramInviteLinks
 from bot.web.app import WEBHOOK_PATH, create_app
 from bot.web.hub import WebHub
-from core import escalation, sweeps
+from core import booking, broadcasts, checkins, escalation, reports, rooms, sweeps
 from core.clock import Clock, SystemClock
 from core.config import Settings
 from core.db import Database
 from core.outbox import DeliveryWorker, RateLimits, WebSender
+from core.quiet import QuietHold, QuietHours, parse_clock_time
 from core.services import Core, build_core
 
 log = logging.getLogger(__name__)
@@ -82,6 +86,7 @@ class Runtime:
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     server: uvicorn.Server | None = None
     shared: SharedWakeups | None = None
+    listeners: list[asyncio.Task[None]] = field(default_factory=list)
 
     @classmethod
     def build(
@@ -118,13 +123,20 @@ class Runtime:
                 settings.staff_chat_id,
             )
             workers["telegram"] = DeliveryWorker(
-                db, TelegramSender(telegram.bot), clock, telegram_limits or RateLimits()
+                db,
+                TelegramSender(telegram.bot),
+                clock,
+                telegram_limits or RateLimits(),
+                hold=QuietHold(QuietHours.from_text(settings.quiet_hours), core.sites),
+                stale_claim=timedelta(seconds=settings.outbox_stale_claim_seconds),
             )
         workers["web"] = DeliveryWorker(
             db,
             WebSender(db, delivered_to_web),
             clock,
             RateLimits(global_per_second=1000, chat_per_second=50, chat_burst=50),
+            hold=QuietHold(QuietHours.from_text(settings.quiet_hours), core.sites),
+            stale_claim=timedelta(seconds=settings.outbox_stale_claim_seconds),
         )
         return cls(
             settings=settings,
@@ -155,15 +167,15 @@ class Runtime:
         (see ``ROLES``); exactly one of them runs the scheduler and receives Telegram's updates.
         """
         await self.db.ping()
-        if self.shared is not None and not (serve_http and scheduler and deliver):
+        if self.shared is not None and not (serve_http and deliver):
             # Parts of the deployment run in other processes: wake them through PostgreSQL.
             self.shared.enabled = True
             if deliver:
-                self.tasks.append(
+                self.listeners.append(
                     asyncio.create_task(self.db.listen(OUTBOX_CHANNEL, self._wake_worker))
                 )
             if serve_http:
-                self.tasks.append(
+                self.listeners.append(
                     asyncio.create_task(self.db.listen(WEB_CHANNEL, self.web_hub.notify))
                 )
         if deliver:
@@ -197,6 +209,52 @@ class Runtime:
                 max_instances=1,
                 coalesce=True,
             )
+            for job_id, job, seconds, job_args in (
+                ("booking_reminders", booking.sweep_reminders, 30, [self.core.engine]),
+                ("room_reminders", rooms.sweep_room_reminders, 30, [self.core.engine]),
+            ):
+                self.scheduler.add_job(
+                    job,
+                    "interval",
+                    seconds=seconds,
+                    args=job_args,
+                    id=job_id,
+                    replace_existing=True,
+                    max_instances=1,
+                    coalesce=True,
+                )
+            if self.telegram is not None:
+                # Invite links are made outside the joining transaction, seconds after a join.
+                self.scheduler.add_job(
+                    rooms.sweep_invites,
+                    "interval",
+                    seconds=3,
+                    args=[self.core.engine, TelegramInviteLinks(self.telegram.bot)],
+                    id="room_invites",
+                    replace_existing=True,
+                    max_instances=1,
+                    coalesce=True,
+                )
+            care_jobs: list[tuple[Callable[..., Awaitable[object]], int, list[Any]]] = [
+                (checkins.sweep, 30, [self.core.engine]),
+                (broadcasts.sweep, 5, [self.core.engine]),
+                (
+                    reports.sweep,
+                    60,
+                    [self.core.engine, parse_clock_time(self.settings.report_time)],
+                ),
+            ]
+            for care_job, seconds, args in care_jobs:
+                self.scheduler.add_job(
+                    care_job,
+                    "interval",
+                    seconds=seconds,
+                    args=args,
+                    id=f"{care_job.__module__.rsplit('.', 1)[-1]}_sweep",
+                    replace_existing=True,
+                    max_instances=1,
+                    coalesce=True,
+                )
             for name, worker in self.workers.items():
                 self.scheduler.add_job(
                     worker.release_stale_claims,
@@ -239,7 +297,9 @@ class Runtime:
             worker.stop()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
-        for task in self.tasks:
+        for task in self.listeners:
+            task.cancel()
+        for task in [*self.tasks, *self.listeners]:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=5)
         if self.telegram is not None:

@@ -6,7 +6,19 @@ import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from core import admin, assessment, escalation, onboarding, privacy
+from core import (
+    admin,
+    assessment,
+    booking,
+    broadcasts,
+    checkins,
+    escalation,
+    onboarding,
+    privacy,
+    reports,
+    rooms,
+    selfhelp,
+)
 from core.clock import Clock
 from core.config import SUPPORTED_LANGUAGES, Settings
 from core.conversation import ConversationEngine, EngineConfig
@@ -67,6 +79,14 @@ def build_core(
     )
     assessment.register(engine, instruments)
     escalation.register(engine)
+    booking.register(engine)
+    rooms.register(engine)
+    checkins.register(engine, checkins.CheckinConfig.from_settings(settings))
+    selfhelp.register(
+        engine, selfhelp.SelfHelpLibrary.load(selfhelp.bundled_dir(), SUPPORTED_LANGUAGES)
+    )
+    broadcasts.register(engine)
+    reports.register(engine)
     engine.triage = escalation.triage_hook(load_triage())
     return Core(
         settings=settings, db=db, clock=clock, catalogs=catalogs, sites=sites, engine=engine

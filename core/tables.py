@@ -4,6 +4,26 @@ Migrations and ``Database.create_all`` import this; a feature that adds a table 
 module here (and an Alembic revision).
 """
 
-from core import assessment, escalation, models
+from core import (
+    api_tokens,
+    assessment,
+    booking,
+    broadcasts,
+    checkins,
+    escalation,
+    models,
+    reports,
+    rooms,
+)
 
-__all__ = ["assessment", "escalation", "models"]
+__all__ = [
+    "api_tokens",
+    "assessment",
+    "booking",
+    "broadcasts",
+    "checkins",
+    "escalation",
+    "models",
+    "reports",
+    "rooms",
+]
