@@ -189,10 +189,10 @@ class SlidingWindow:
             self.stamps.popleft()
         return now
 
-    def ready(self) -> bool:
-        """Whether one more send fits now."""
+    def ready(self, reserve: int = 0) -> bool:
+        """Whether one more send fits now, leaving ``reserve`` sends free."""
         self._forget()
-        return len(self.stamps) < self.limit
+        return len(self.stamps) < self.limit - reserve
 
     def take(self) -> None:
         """Spend one send."""
@@ -218,6 +218,9 @@ class RateLimits:
     chat_per_second: float = 1.0
     chat_burst: float = 3.0
     group_per_minute: float = 20.0
+    #: Sends of each second kept for crisis and escalation messages (0: none), so that a crisis
+    #: arriving while replies and broadcasts fill the overall limit goes at once.
+    urgent_reserve: int = 0
     monotonic: Callable[[], float] = time.monotonic
     _global: SlidingWindow | None = field(default=None, init=False)
     _sends: SlidingWindow | None = field(default=None, init=False)
@@ -237,11 +240,12 @@ class RateLimits:
                     del self._chats[key]
         return bucket
 
-    def allows(self, chat_id: str, chat_kind: str) -> bool:
-        """Whether a message to this chat may go now."""
+    def allows(self, chat_id: str, chat_kind: str, *, urgent: bool = True) -> bool:
+        """Whether a message to this chat may go now (non-urgent ones leave the reserve)."""
         if self._global is None:
             self._global = SlidingWindow(self.global_per_second, 1.0, self.monotonic)
-        return self._global.ready() and self._bucket(chat_id, chat_kind).ready()
+        reserve = 0 if urgent else min(self.urgent_reserve, self._global.limit - 1)
+        return self._global.ready(reserve) and self._bucket(chat_id, chat_kind).ready()
 
     def spend(self, chat_id: str, chat_kind: str) -> None:
         """Count one message to this chat."""
@@ -413,7 +417,8 @@ class DeliveryWorker:
             seen.add(row.chat_id)
             if row.hold_until is not None and as_utc(row.hold_until) > now:
                 continue
-            if not self.limits.allows(row.chat_id, row.chat_kind):
+            urgent = row.priority <= Priority.ESCALATION
+            if not self.limits.allows(row.chat_id, row.chat_kind, urgent=urgent):
                 continue
             self.limits.spend(row.chat_id, row.chat_kind)
             row.status = "sending"
