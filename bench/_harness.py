@@ -204,6 +204,7 @@ class BenchAPI(FakeBotAPI):
         self.by_chat: dict[int, list[Received]] = defaultdict(list)
         self.total = 0
         self._waiters: dict[int, list[tuple[int, asyncio.Future[None]]]] = defaultdict(list)
+        self._matchers: dict[int, list[tuple[Any, asyncio.Future[Received]]]] = defaultdict(list)
 
     def _record(  # type: ignore[override]
         self,
@@ -219,6 +220,13 @@ class BenchAPI(FakeBotAPI):
         got = self.by_chat[chat_id]
         got.append(Received(time.monotonic(), chat_id, raw or "", markup))
         self.total += 1
+        matchers = self._matchers.get(chat_id)
+        if matchers:
+            received = got[-1]
+            for predicate, future in list(matchers):
+                if not future.done() and predicate(received):
+                    future.set_result(received)
+                    matchers.remove((predicate, future))
         waiters = self._waiters.get(chat_id)
         if waiters:
             still = []
@@ -232,6 +240,17 @@ class BenchAPI(FakeBotAPI):
         # Calls are kept by the fake for assertions; a benchmark never reads them.
         if len(self.calls) > 1000:
             del self.calls[:]
+
+    async def wait_match(
+        self, chat_id: int, predicate: Any, since: float, timeout: float
+    ) -> Received:  # noqa: ASYNC109,E501
+        """The first message to ``chat_id`` that arrived at or after ``since`` and matches."""
+        for received in self.by_chat[chat_id]:
+            if received.at >= since and predicate(received):
+                return received
+        future: asyncio.Future[Received] = asyncio.get_running_loop().create_future()
+        self._matchers[chat_id].append((predicate, future))
+        return await asyncio.wait_for(future, timeout)
 
     async def wait_count(self, chat_id: int, count: int, timeout: float) -> None:  # noqa: ASYNC109
         """Wait until ``count`` messages in all reached ``chat_id``."""
@@ -321,7 +340,7 @@ class BotProcess:
     def webhook(self) -> str:
         return f"http://127.0.0.1:{self.port}/telegram/webhook"
 
-    def stop(self, timeout: float = 30.0) -> dict[str, Any]:  # noqa: ASYNC109
+    def stop(self, timeout: float = 30.0) -> dict[str, Any]:
         """SIGTERM, wait, and return the JSON the child printed last (its CPU time etc.)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
@@ -370,9 +389,20 @@ async def start_bot(kind: str, config: dict[str, Any], timeout: float = 60.0) ->
             if profile and kind == "anxin":
                 # py-spy samples the bot until it exits (folded stacks, for flame graphs).
                 subprocess.Popen(  # noqa: ASYNC220
-                    [str(Path(sys.executable).parent / "py-spy"), "record", "-p",
-                     str(process.pid), "-o", profile, "-f", "raw", "-r", "200"],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                    [
+                        str(Path(sys.executable).parent / "py-spy"),
+                        "record",
+                        "-p",
+                        str(process.pid),
+                        "-o",
+                        profile,
+                        "-f",
+                        "raw",
+                        "-r",
+                        "200",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
                 )
             return BotProcess(kind, process, port)
 

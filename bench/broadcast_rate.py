@@ -85,8 +85,9 @@ async def bench(db_kind: str, residents: int, limit: float) -> None:
 
             recipients = await runtime.db.run(compose)
             start = time.monotonic()
-            await runtime.start(serve_http=False, scheduler=True, deliver=True,
-                                telegram_updates=False)
+            await runtime.start(
+                serve_http=False, scheduler=True, deliver=True, telegram_updates=False
+            )
             users = [FIRST_USER + i for i in range(residents)]
             try:
                 while time.monotonic() - start < limit:

@@ -118,9 +118,22 @@ async def measure_phase(url: str, limit_seconds: float) -> dict[str, Any]:
 
 def child(phase: str, url: str, residents: int, limit: float) -> dict[str, Any] | None:
     out = subprocess.run(
-        [sys.executable, __file__, "--phase", phase, "--url", url,
-         "--residents", str(residents), "--limit", str(limit)],
-        check=True, capture_output=True, text=True, cwd=str(ROOT),
+        [
+            sys.executable,
+            __file__,
+            "--phase",
+            phase,
+            "--url",
+            url,
+            "--residents",
+            str(residents),
+            "--limit",
+            str(limit),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        cwd=str(ROOT),
     ).stdout
     for line in out.splitlines():
         if line.startswith("RESULT "):

@@ -181,9 +181,7 @@ async def bench(db_kind: str, residents: int, messages: int) -> dict[str, Any]:
             await seed(url, (person_row(u, i, now) for i, u in enumerate(users)))
             results = {}
             for kind in ("echo", "anxin"):
-                results[kind] = await run_one(
-                    kind, api, url, users, messages, workdir, help_label
-                )
+                results[kind] = await run_one(kind, api, url, users, messages, workdir, help_label)
     return results
 
 
