@@ -59,7 +59,7 @@ async def test_web_two_workers_and_a_scheduler_on_postgresql_survive_a_killed_wo
             tmp_path, api, pg_url, port=port, public_port=web_port, stale_claim=STALE_CLAIM
         )
 
-    api.delay_next("sendMessage", 0.03, times=None)
+    api.delay_next("sendMessage", 0.1, times=None)  # Telegram's latency: sends overlap
     counselor = staff_room(api)
     web = await fleet.start(env(web_port), "web", "web")
     workers = [await fleet.start(env(free_port()), f"worker-{n}", "worker") for n in (1, 2)]
@@ -73,7 +73,11 @@ async def test_web_two_workers_and_a_scheduler_on_postgresql_survive_a_killed_wo
     )
     # Kill a worker at a random moment once the run is in full swing, while rows are in flight.
     await asyncio.sleep(rng.uniform(0.5, 2.0))
-    await until(lambda: in_flight_rows(pg_url), "a row in flight", every=0.005)
+
+    async def busy() -> bool:
+        return len(await in_flight_rows(pg_url)) >= 4
+
+    await until(busy, "rows in flight", every=0.005)
     victim = workers[rng.randrange(2)]
     await fleet.kill(victim)
     # A live worker finishes its sends within milliseconds; what is still 'sending' a moment
