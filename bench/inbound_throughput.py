@@ -57,6 +57,17 @@ class Load:
         self.replies_per: dict[str, int] = {}
 
     async def post(self, update: dict[str, Any]) -> None:
+        for attempt in range(3):
+            try:
+                await self._post(update)
+                return
+            except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError):
+                # A kept-alive connection the server closed as we reused it; the update id
+                # makes a second POST harmless (Telegram retries the same way).
+                if attempt == 2:
+                    raise
+
+    async def _post(self, update: dict[str, Any]) -> None:
         async with self.client.post(
             self.bot.webhook,
             data=json.dumps(update, ensure_ascii=False).encode(),
@@ -136,7 +147,7 @@ async def run_one(
         config.update(database_url=url, data_dir=str(workdir))
     bot = await start_bot(kind, config)
     try:
-        connector = aiohttp.TCPConnector(limit=len(users) + 8)
+        connector = aiohttp.TCPConnector(limit=len(users) + 8, keepalive_timeout=2)
         async with aiohttp.ClientSession(connector=connector) as client:
             load = Load(api, bot, client)
             await load.warm_up(users, help_label if kind == "anxin" else None)
