@@ -49,8 +49,13 @@ class EngineChat:
 
     async def _send(self, **kw: Any) -> HandleResult:
         kw.setdefault("update_key", str(next(_updates)))
-        inbound = Inbound(channel=self.channel, external_id=self.external_id,
-                          chat_id=self.external_id, language_hint=self.language_hint, **kw)
+        inbound = Inbound(
+            channel=self.channel,
+            external_id=self.external_id,
+            chat_id=self.external_id,
+            language_hint=self.language_hint,
+            **kw,
+        )
         result = await self.core.engine.handle(inbound)
         self.results.append(result)
         return result
@@ -75,14 +80,18 @@ class EngineChat:
 
     async def all_replies(self) -> list[Reply]:
         async with self.core.db.session() as session:
-            rows = (await session.exec(
-                select(OutboxMessage)
-                .where(OutboxMessage.chat_id == self.external_id)
-                .where(OutboxMessage.channel == self.channel)
-                .order_by(col(OutboxMessage.id))
-            )).all()
-        return [Reply(r.id or 0, r.text, json.loads(r.buttons), r.priority, r.kind,
-                      r.document_name) for r in rows]
+            rows = (
+                await session.exec(
+                    select(OutboxMessage)
+                    .where(OutboxMessage.chat_id == self.external_id)
+                    .where(OutboxMessage.channel == self.channel)
+                    .order_by(col(OutboxMessage.id))
+                )
+            ).all()
+        return [
+            Reply(r.id or 0, r.text, json.loads(r.buttons), r.priority, r.kind, r.document_name)
+            for r in rows
+        ]
 
     async def new_replies(self) -> list[Reply]:
         """Replies queued since the last call."""

@@ -18,8 +18,8 @@ def _diff(url: str) -> list[object]:
         engine = create_async_engine(url)
         async with engine.connect() as conn:
             diff = await conn.run_sync(
-                lambda sync: compare_metadata(MigrationContext.configure(sync),
-                                              SQLModel.metadata))
+                lambda sync: compare_metadata(MigrationContext.configure(sync), SQLModel.metadata)
+            )
         await engine.dispose()
         return list(diff)
 

@@ -93,7 +93,7 @@ async def test_empty_and_huge_messages_are_answered(core: Core) -> None:
     await chat.text("")
     assert "空消息" in (await chat.new_replies())[0].text
     await chat.text("隔离" * 5000)
-    assert (await chat.new_replies())
+    assert await chat.new_replies()
 
 
 async def test_sos_shows_24_hour_line_and_emergency_numbers(core: Core) -> None:

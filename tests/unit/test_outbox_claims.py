@@ -31,8 +31,10 @@ class Monotonic:
 
 
 async def test_a_busy_staff_group_does_not_starve_residents(db: Database, clock: FakeClock) -> None:
-    staff = [Outbound("telegram", "-100", f"card {n}", priority=Priority.ESCALATION,
-                      chat_kind="group") for n in range(400)]
+    staff = [
+        Outbound("telegram", "-100", f"card {n}", priority=Priority.ESCALATION, chat_kind="group")
+        for n in range(400)
+    ]
     resident = Outbound("telegram", "42", "your reply", priority=Priority.REPLY)
     await db.run(lambda s: queue(s, [*staff, resident], clock.now()))
     sender = RecordingSender()
@@ -50,8 +52,9 @@ async def test_a_busy_staff_group_does_not_starve_residents(db: Database, clock:
 async def test_crisis_rows_jump_the_queue_but_a_chat_keeps_its_order(
     db: Database, clock: FakeClock
 ) -> None:
-    broadcasts = [Outbound("telegram", str(n), "news", priority=Priority.BROADCAST)
-                  for n in range(100)]
+    broadcasts = [
+        Outbound("telegram", str(n), "news", priority=Priority.BROADCAST) for n in range(100)
+    ]
     crisis = Outbound("telegram", "7", "call now", priority=Priority.CRISIS)
     await db.run(lambda s: queue(s, [*broadcasts, crisis], clock.now()))
     sender = RecordingSender()
