@@ -108,7 +108,7 @@ async def database(kind: str, workdir: Path) -> AsyncIterator[str]:
         finally:
             for suffix in ("", "-wal", "-shm"):
                 with contextlib.suppress(OSError):
-                    Path(f"{path}{suffix}").unlink()
+                    Path(f"{path}{suffix}").unlink()  # noqa: ASYNC240
         return
     if kind != "postgresql":
         raise ValueError(kind)
@@ -242,8 +242,12 @@ class BenchAPI(FakeBotAPI):
             del self.calls[:]
 
     async def wait_match(
-        self, chat_id: int, predicate: Any, since: float, timeout: float
-    ) -> Received:  # noqa: ASYNC109,E501
+        self,
+        chat_id: int,
+        predicate: Any,
+        since: float,
+        timeout: float,  # noqa: ASYNC109
+    ) -> Received:
         """The first message to ``chat_id`` that arrived at or after ``since`` and matches."""
         for received in self.by_chat[chat_id]:
             if received.at >= since and predicate(received):
@@ -364,6 +368,14 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def _die_with_parent() -> None:
+    """In the child: get SIGTERM when the benchmark dies, so no bot outlives it (Linux)."""
+    import ctypes
+
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 async def start_bot(kind: str, config: dict[str, Any], timeout: float = 60.0) -> BotProcess:  # noqa: ASYNC109
     """Start ``python bench/_harness.py serve KIND CONFIG`` and wait for its READY line."""
     port = free_port()
@@ -374,6 +386,7 @@ async def start_bot(kind: str, config: dict[str, Any], timeout: float = 60.0) ->
         stderr=None,
         text=True,
         cwd=str(ROOT),
+        preexec_fn=_die_with_parent,
     )
     assert process.stdout is not None
     loop = asyncio.get_running_loop()

@@ -182,7 +182,8 @@ async def bench(db_kind: str, residents: int, messages: int) -> dict[str, Any]:
     from core.config import SUPPORTED_LANGUAGES
     from core.i18n import load_catalogs
 
-    catalogs = load_catalogs(Path(__file__).resolve().parents[1] / "locales", SUPPORTED_LANGUAGES)
+    locales = Path(__file__).resolve().parents[1] / "locales"  # noqa: ASYNC240
+    catalogs = load_catalogs(locales, SUPPORTED_LANGUAGES)
     help_label = catalogs.t("zh_Hans", "menu.help")
     users = [FIRST_USER + i for i in range(residents)]
     with tempfile.TemporaryDirectory(prefix="anxin-bench-") as tmp:
