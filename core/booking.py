@@ -1467,12 +1467,7 @@ async def send_due_reminders(
 
 async def sweep_reminders(engine: ConversationEngine) -> int:
     """The scheduler's job: queue the booking reminders due now, in one transaction."""
-    now = engine.clock.now()
-    count = await engine.db.run(lambda session: send_due_reminders(session, engine, now))
-    if count:
-        engine.notify("telegram")
-        engine.notify("web")
-    return count
+    return await engine.sweep(lambda session, now: send_due_reminders(session, engine, now))
 
 
 # Data export -----------------------------------------------------------------------------------

@@ -493,6 +493,15 @@ class ConversationEngine:
         await self.risk.respond(turn, verdict.signal, text)
         return verdict.signal.level >= RiskLevel.HIGH
 
+    async def sweep(self, due: Callable[[AsyncSession, datetime], Awaitable[int]]) -> int:
+        """Run a scheduler sweep in one transaction at "now"; wake delivery if it queued."""
+        now = self.clock.now()
+        count = await self.db.run(lambda session: due(session, now))
+        if count:
+            self.notify("telegram")
+            self.notify("web")
+        return count
+
     async def raise_signal(self, turn: Turn, signal: RiskSignal, excerpt: str = "") -> None:
         """Answer a risk signal from any source (SOS, an instrument, a staff report)."""
         turn.risk_level = max(turn.risk_level, signal.level)

@@ -1125,12 +1125,7 @@ def _resident_wait_notice(
 
 async def sweep_pages(engine: ConversationEngine) -> int:
     """The scheduler's job: page what is due now, in one transaction."""
-    now = engine.clock.now()
-    count = await engine.db.run(lambda session: page_due(session, engine, now))
-    if count:
-        engine.notify("telegram")
-        engine.notify("web")
-    return count
+    return await engine.sweep(lambda session, now: page_due(session, engine, now))
 
 
 # Safety plan ----------------------------------------------------------------------------------

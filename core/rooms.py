@@ -876,12 +876,7 @@ async def send_due_room_reminders(
 
 async def sweep_room_reminders(engine: ConversationEngine) -> int:
     """The scheduler's job: queue the room reminders due now, in one transaction."""
-    now = engine.clock.now()
-    count = await engine.db.run(lambda session: send_due_room_reminders(session, engine, now))
-    if count:
-        engine.notify("telegram")
-        engine.notify("web")
-    return count
+    return await engine.sweep(lambda session, now: send_due_room_reminders(session, engine, now))
 
 
 # Safety inside rooms ----------------------------------------------------------------------------
