@@ -159,6 +159,7 @@ def _check(settings: Settings) -> int:
 
 
 def _run(settings: Settings, *, migrate: bool, role: str = "all") -> int:
+    from bot.lease import LeaseHeld
     from bot.runtime import Runtime
     from core.db import DatabaseUnavailable
     from core.i18n import CatalogError
@@ -180,6 +181,8 @@ def _run(settings: Settings, *, migrate: bool, role: str = "all") -> int:
         asyncio.run(runtime.serve_until_signalled(role))
     except DatabaseUnavailable as exc:
         raise _Stop(f"{exc} ({_safe_url(settings)}).") from None
+    except LeaseHeld as exc:
+        raise _Stop(str(exc)) from None
     except OSError as exc:
         raise _Stop(f"cannot listen on {settings.host}:{settings.port}: {exc.strerror}.") from None
     return 0

@@ -15,6 +15,7 @@ import uvicorn
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from fastapi import FastAPI
 
+from bot.lease import SchedulerLease
 from bot.telegram.channel import TelegramChannel
 from bot.telegram.delivery import TelegramSender
 from bot.telegram.rooms import TelegramInviteLinks
@@ -87,6 +88,11 @@ class Runtime:
     server: uvicorn.Server | None = None
     shared: SharedWakeups | None = None
     listeners: list[asyncio.Task[None]] = field(default_factory=list)
+    lease: SchedulerLease | None = None
+    leading: asyncio.Task[None] | None = None
+    polling: asyncio.Task[None] | None = None
+    #: How often a standby scheduler tries the lease, and the holder checks it still has it.
+    lease_check_seconds: float = 5.0
 
     @classmethod
     def build(
@@ -182,94 +188,17 @@ class Runtime:
             for worker in self.workers.values():
                 self.tasks.append(asyncio.create_task(worker.run_forever()))
         if scheduler:
-            self.scheduler = AsyncIOScheduler(timezone="UTC")
-            self.scheduler.add_job(
-                sweeps.forget_old_inbound,
-                "interval",
-                hours=1,
-                args=[self.db, self.clock],
-                id="forget_old_inbound",
-                replace_existing=True,
-            )
-            self.scheduler.add_job(
-                sweeps.forget_old_buttons,
-                "interval",
-                hours=6,
-                args=[self.db, self.clock],
-                id="forget_old_buttons",
-                replace_existing=True,
-            )
-            self.scheduler.add_job(
-                escalation.sweep_pages,
-                "interval",
-                seconds=15,
-                args=[self.core.engine],
-                id="escalation_pages",
-                replace_existing=True,
-                max_instances=1,
-                coalesce=True,
-            )
-            for job_id, job, seconds, job_args in (
-                ("booking_reminders", booking.sweep_reminders, 30, [self.core.engine]),
-                ("room_reminders", rooms.sweep_room_reminders, 30, [self.core.engine]),
-            ):
-                self.scheduler.add_job(
-                    job,
-                    "interval",
-                    seconds=seconds,
-                    args=job_args,
-                    id=job_id,
-                    replace_existing=True,
-                    max_instances=1,
-                    coalesce=True,
-                )
-            if self.telegram is not None:
-                # Invite links are made outside the joining transaction, seconds after a join.
-                self.scheduler.add_job(
-                    rooms.sweep_invites,
-                    "interval",
-                    seconds=3,
-                    args=[self.core.engine, TelegramInviteLinks(self.telegram.bot)],
-                    id="room_invites",
-                    replace_existing=True,
-                    max_instances=1,
-                    coalesce=True,
-                )
-            care_jobs: list[tuple[Callable[..., Awaitable[object]], int, list[Any]]] = [
-                (checkins.sweep, 30, [self.core.engine]),
-                (broadcasts.sweep, 5, [self.core.engine]),
-                (
-                    reports.sweep,
-                    60,
-                    [self.core.engine, parse_clock_time(self.settings.report_time)],
-                ),
-            ]
-            for care_job, seconds, args in care_jobs:
-                self.scheduler.add_job(
-                    care_job,
-                    "interval",
-                    seconds=seconds,
-                    args=args,
-                    id=f"{care_job.__module__.rsplit('.', 1)[-1]}_sweep",
-                    replace_existing=True,
-                    max_instances=1,
-                    coalesce=True,
-                )
-            for name, worker in self.workers.items():
-                self.scheduler.add_job(
-                    worker.release_stale_claims,
-                    "interval",
-                    seconds=30,
-                    id=f"release_stale_{name}",
-                    replace_existing=True,
-                )
-            self.scheduler.start()
-        if self.telegram is not None and telegram_updates:
-            if self.settings.use_webhook:
-                url = self.settings.public_url.rstrip("/") + WEBHOOK_PATH
-                await self.telegram.set_webhook(url, self.settings.webhook_secret)
+            # Exactly one scheduler per deployment (bot/lease.py): the sweeps and Telegram's
+            # updates go with the lease; a second scheduler process stands by.
+            self.lease = SchedulerLease(self.db, check_seconds=self.lease_check_seconds)
+            if await self.lease.try_acquire():
+                await self._lead(telegram_updates)
             else:
-                self.tasks.append(asyncio.create_task(self.telegram.run_polling()))
+                log.warning("another process runs the scheduler; this one stands by to take over")
+            self.leading = asyncio.create_task(self._keep_lead(telegram_updates))
+            self.tasks.append(self.leading)
+        elif self.telegram is not None and telegram_updates:
+            await self._receive_telegram()
         if serve_http:
             config = uvicorn.Config(
                 self.app(),
@@ -282,6 +211,137 @@ class Runtime:
             self.server = _QuietServer(config)
             self.tasks.append(asyncio.create_task(self.server.serve()))
 
+    async def _lead(self, telegram_updates: bool) -> None:
+        """Start what the lease holder runs: the scheduler and Telegram's updates."""
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.scheduler.add_job(
+            sweeps.forget_old_inbound,
+            "interval",
+            hours=1,
+            args=[self.db, self.clock],
+            id="forget_old_inbound",
+            replace_existing=True,
+        )
+        self.scheduler.add_job(
+            sweeps.forget_old_buttons,
+            "interval",
+            hours=6,
+            args=[self.db, self.clock],
+            id="forget_old_buttons",
+            replace_existing=True,
+        )
+        self.scheduler.add_job(
+            escalation.sweep_pages,
+            "interval",
+            seconds=15,
+            args=[self.core.engine],
+            id="escalation_pages",
+            replace_existing=True,
+            max_instances=1,
+            coalesce=True,
+        )
+        for job_id, job, seconds, job_args in (
+            ("booking_reminders", booking.sweep_reminders, 30, [self.core.engine]),
+            ("room_reminders", rooms.sweep_room_reminders, 30, [self.core.engine]),
+        ):
+            self.scheduler.add_job(
+                job,
+                "interval",
+                seconds=seconds,
+                args=job_args,
+                id=job_id,
+                replace_existing=True,
+                max_instances=1,
+                coalesce=True,
+            )
+        if self.telegram is not None:
+            # Invite links are made outside the joining transaction, seconds after a join.
+            self.scheduler.add_job(
+                rooms.sweep_invites,
+                "interval",
+                seconds=3,
+                args=[self.core.engine, TelegramInviteLinks(self.telegram.bot)],
+                id="room_invites",
+                replace_existing=True,
+                max_instances=1,
+                coalesce=True,
+            )
+        care_jobs: list[tuple[Callable[..., Awaitable[object]], int, list[Any]]] = [
+            (checkins.sweep, 30, [self.core.engine]),
+            (broadcasts.sweep, 5, [self.core.engine]),
+            (
+                reports.sweep,
+                60,
+                [self.core.engine, parse_clock_time(self.settings.report_time)],
+            ),
+        ]
+        for care_job, seconds, args in care_jobs:
+            self.scheduler.add_job(
+                care_job,
+                "interval",
+                seconds=seconds,
+                args=args,
+                id=f"{care_job.__module__.rsplit('.', 1)[-1]}_sweep",
+                replace_existing=True,
+                max_instances=1,
+                coalesce=True,
+            )
+        for name, worker in self.workers.items():
+            self.scheduler.add_job(
+                worker.release_stale_claims,
+                "interval",
+                seconds=30,
+                id=f"release_stale_{name}",
+                replace_existing=True,
+            )
+        self.scheduler.start()
+        if self.telegram is not None and telegram_updates:
+            await self._receive_telegram()
+
+    async def _keep_lead(self, telegram_updates: bool) -> None:
+        """Stand by for the lease, lead while it is held, and stand by again if it is lost.
+
+        Returns (and so stops the process, for its supervisor to restart) if Telegram
+        polling ends on its own.
+        """
+        assert self.lease is not None
+        while True:
+            if not self.lease.held:
+                await self.lease.acquire()
+                log.warning("this process now runs the scheduler")
+                await self._lead(telegram_updates)
+            watch = asyncio.create_task(self.lease.lost())
+            waiting: list[asyncio.Task[None]] = [watch]
+            if self.polling is not None:
+                waiting.append(self.polling)
+            try:
+                done, _ = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watch.cancel()
+            if watch not in done:
+                return
+            await self._stop_leading()
+
+    async def _stop_leading(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+            self.scheduler = None
+        if self.telegram is not None:
+            await self.telegram.stop_polling()
+        if self.polling is not None:
+            # Let an update being handled finish; it was already confirmed to Telegram.
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(self.polling, timeout=5)
+            self.polling = None
+
+    async def _receive_telegram(self) -> None:
+        assert self.telegram is not None
+        if self.settings.use_webhook:
+            url = self.settings.public_url.rstrip("/") + WEBHOOK_PATH
+            await self.telegram.set_webhook(url, self.settings.webhook_secret)
+        else:
+            self.polling = asyncio.create_task(self.telegram.run_polling())
+
     def _wake_worker(self, channel: str) -> None:
         worker = self.workers.get(channel)
         if worker is not None:
@@ -291,17 +351,18 @@ class Runtime:
         """Stop everything, letting in-flight deliveries finish their bookkeeping."""
         if self.server is not None:
             self.server.should_exit = True
-        if self.telegram is not None:
-            await self.telegram.stop_polling()
+        if self.leading is not None:
+            self.leading.cancel()
+        await self._stop_leading()
         for worker in self.workers.values():
             worker.stop()
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
         for task in self.listeners:
             task.cancel()
         for task in [*self.tasks, *self.listeners]:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
                 await asyncio.wait_for(task, timeout=5)
+        if self.lease is not None:
+            await self.lease.release()
         if self.telegram is not None:
             await self.telegram.close()
         await self.db.dispose()
@@ -314,15 +375,18 @@ class Runtime:
             with contextlib.suppress(NotImplementedError):
                 loop.add_signal_handler(sig, stopping.set)
         await self.start(**ROLES[role])
-        host, port = self.settings.host, self.settings.port
-        log.warning(
-            "Anxin is running: web chat at http://%s:%s/ (telegram: %s)",
-            host,
-            port,
+        parts = ROLES[role]
+        telegram = (
             "webhook"
             if self.settings.use_webhook
-            else ("long polling" if self.telegram else "off, no token"),
+            else ("long polling" if self.telegram else "off, no token")
         )
+        serving = (
+            f"web chat at http://{self.settings.host}:{self.settings.port}/"
+            if parts["serve_http"]
+            else "no web server in this role"
+        )
+        log.warning("Anxin is running (role %s): %s (telegram: %s)", role, serving, telegram)
         waiter = asyncio.create_task(stopping.wait())
         await asyncio.wait([waiter, *self.tasks], return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
