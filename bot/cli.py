@@ -5,12 +5,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from core.clock import Clock
-from core.config import ConfigError, Settings, load_settings
+from core.config import ConfigError, Settings, load_settings, unknown_variables
+
+log = logging.getLogger("anxin")
 
 DESCRIPTION = """Anxin (安心): psychological support for people in isolation.
 
@@ -83,6 +86,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    for name in unknown_variables(dict(os.environ)):
+        log.warning("%s is not a setting Anxin reads (a typo?); see README, Configuration", name)
     try:
         if args.command == "run":
             return _run(settings, migrate=not args.no_migrate, role=args.role)

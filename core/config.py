@@ -145,3 +145,29 @@ def load_settings(**overrides: Any) -> Settings:
         if where:
             message = f"ANXIN_{where.upper()}: {message}"
         raise ConfigError(message) from None
+
+
+#: ``ANXIN_*`` names that are not settings but belong to the test suite and the benchmarks.
+_NOT_SETTINGS = ("ANXIN_TEST_", "ANXIN_BENCH_")
+
+
+def unknown_variables(environ: dict[str, str], env_file: Path | None = Path(".env")) -> list[str]:
+    """``ANXIN_*`` names set in the environment or ``.env`` that no setting reads (typos).
+
+    Settings ignore unknown names, so a misspelt ``ANXIN_STAFF_CHATID`` would silently leave
+    the staff chat unset; start-up warns about each one instead.
+    """
+    names = set(environ)
+    if env_file is not None and env_file.is_file():
+        for line in env_file.read_text(encoding="utf-8", errors="replace").splitlines():
+            name, sep, _ = line.strip().removeprefix("export ").partition("=")
+            if sep and not name.startswith("#"):
+                names.add(name.strip())
+    known = {f"ANXIN_{field.upper()}" for field in Settings.model_fields}
+    return sorted(
+        name
+        for name in names
+        if name.upper().startswith("ANXIN_")
+        and name.upper() not in known
+        and not name.upper().startswith(_NOT_SETTINGS)
+    )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bot.cli import main
-from core.config import ConfigError, load_settings
+from core.config import ConfigError, load_settings, unknown_variables
 from core.sites import SitesError, load_sites
 
 
@@ -106,3 +106,19 @@ def test_qr_for_an_unknown_site_says_which_sites_exist(
 ) -> None:
     assert main(["qr", "nowhere"]) == 2
     assert "example" in capsys.readouterr().err
+
+
+def test_misspelt_variables_are_named_not_silently_ignored(tmp_path: Path) -> None:
+    env_file = tmp_path / ".env"
+    env_file.write_text(
+        "# a comment\nANXIN_PORT=8081\nexport ANXIN_STAF_CHAT_ID=-100\nOTHER=1\n", encoding="utf-8"
+    )
+    environ = {
+        "ANXIN_STAFF_CHATID": "-1001",
+        "ANXIN_TELEGRAM_TOKEN": "1:a",
+        "ANXIN_TEST_POSTGRES_URL": "postgresql+asyncpg://x",
+        "ANXIN_BENCH_PYSPY": "/tmp/x",
+        "PATH": "/usr/bin",
+    }
+    assert unknown_variables(environ, env_file) == ["ANXIN_STAFF_CHATID", "ANXIN_STAF_CHAT_ID"]
+    assert unknown_variables({"ANXIN_QUIET_HOURS": ""}, None) == []
