@@ -22,7 +22,7 @@ from sqlmodel import Field, SQLModel, col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.access import Role
-from core.i18n import format_when
+from core.i18n import Catalogs, format_when
 from core.instruments import Instrument, InstrumentError, InstrumentRegistry, Score
 from core.messages import Button
 from core.models import Person
@@ -157,7 +157,7 @@ def register(engine: ConversationEngine, registry: InstrumentRegistry) -> None:
     """Register the self-check flow, /results, its menu entries and its privacy hooks."""
     from core.conversation import MenuEntry
 
-    flow = AssessmentFlow(registry)
+    flow = AssessmentFlow(registry, engine.catalogs)
     engine.state("assess_choose", flow.prompt_choose, flow.typed_elsewhere)
     engine.state("assess_q", flow.prompt_question, flow.typed_answer)
     engine.state("assess_resume", flow.prompt_resume, flow.typed_elsewhere)
@@ -198,6 +198,7 @@ def register(engine: ConversationEngine, registry: InstrumentRegistry) -> None:
     at = next((i + 1 for i, e in enumerate(engine.menu) if e.key == "sos"), len(engine.menu))
     engine.menu[at:at] = entries
     engine.export_hooks.append(_export_results)
+    engine.case_lines.append(flow.scores_line)
 
 
 # The flow -------------------------------------------------------------------------------------
@@ -206,8 +207,9 @@ def register(engine: ConversationEngine, registry: InstrumentRegistry) -> None:
 class AssessmentFlow:
     """The self-check conversation, bound to the instruments loaded at start-up."""
 
-    def __init__(self, registry: InstrumentRegistry) -> None:
+    def __init__(self, registry: InstrumentRegistry, catalogs: Catalogs) -> None:
         self.registry = registry
+        self.catalogs = catalogs
 
     # Entry points ---------------------------------------------------------------------------
 
@@ -724,20 +726,45 @@ class AssessmentFlow:
         return instrument.texts(turn.lang).name
 
     def _short(self, turn: Turn, instrument_id: str) -> str:
+        return self._short_in(turn.engine.catalogs, turn.lang, instrument_id)
+
+    def _short_in(self, catalogs: Catalogs, lang: str, instrument_id: str) -> str:
         key = f"assess.short.{instrument_id}"
-        if turn.engine.catalogs.has(turn.lang, key):
-            return turn.t(key)
+        if catalogs.has(lang, key):
+            return catalogs.t(lang, key)
         if instrument_id in self.registry:
-            return self.registry.get(instrument_id).texts(turn.lang).name
+            return self.registry.get(instrument_id).texts(lang).name
         return instrument_id
 
     def _band_label(self, turn: Turn, instrument_id: str, band_id: str) -> str:
+        return self._band_in(turn.lang, instrument_id, band_id)
+
+    def _band_in(self, lang: str, instrument_id: str, band_id: str) -> str:
         if instrument_id not in self.registry:
             return band_id
         try:
-            return self.registry.get(instrument_id).texts(turn.lang).band(band_id).label
+            return self.registry.get(instrument_id).texts(lang).band(band_id).label
         except InstrumentError:
             return band_id
+
+    async def scores_line(self, session: AsyncSession, person_id: int, lang: str) -> str:
+        """The latest results (up to three) for a staff card, in the staff's language, each
+        with the change since the same questionnaire before it."""
+        catalogs = self.catalogs
+        parts = []
+        for row in (await result_summary(session, person_id))[:3]:
+            instrument_id = str(row["instrument"])
+            parts.append(
+                catalogs.t(
+                    lang,
+                    "assess.card_score" if row["previous_total"] is None else "assess.card_change",
+                    name=self._short_in(catalogs, lang, instrument_id),
+                    total=row["total"],
+                    before=row["previous_total"],
+                    band=self._band_in(lang, instrument_id, str(row["band"])),
+                )
+            )
+        return catalogs.t(lang, "assess.card_separator").join(parts)
 
 
 def _combined(signals: Sequence[RiskSignal]) -> RiskSignal | None:

@@ -284,6 +284,8 @@ class ConversationEngine:
         self.export_hooks: list[Callable[[AsyncSession, Person], Awaitable[tuple[str, Any]]]] = []
         #: Feature modules say why erasure must wait (a catalog key), or None.
         self.erasure_blockers: list[Callable[[AsyncSession, Person], Awaitable[str | None]]] = []
+        #: Feature modules add a line about a person to staff cards (person id, staff language).
+        self.case_lines: list[Callable[[AsyncSession, int, str], Awaitable[str]]] = []
         #: Reads text written in a group chat (a support room); nothing is ever said there.
         self.group_messages: Callable[[Inbound], Awaitable[HandleResult]] | None = None
 

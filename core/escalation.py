@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -306,7 +307,7 @@ async def card_text(
     lang = _staff_lang(engine)
     t = engine.catalogs.t
     site = engine.sites.get(escalation.site_code)
-    reasons = ", ".join(json.loads(escalation.reasons)) or "—"
+    reasons = reason_labels(engine, lang, json.loads(escalation.reasons)) or "—"
     parts = [
         t(
             lang,
@@ -318,34 +319,49 @@ async def card_text(
             lang,
             "escalation.card_site",
             site=site.name(lang) if site else "—",
-            language=escalation.language or "—",
+            # The resident's language by its own name (中文, English), as the language picker.
+            language=t(escalation.language, "language.self_name") if escalation.language else "—",
         ),
-        t(lang, "escalation.card_reasons", reasons=reasons, source=escalation.source),
+        t(
+            lang,
+            "escalation.card_reasons",
+            reasons=reasons,
+            source=_source_label(engine, lang, escalation.source),
+        ),
     ]
     if escalation.excerpt:
         parts.append(t(lang, "escalation.card_excerpt", excerpt=escalation.excerpt))
     else:
         parts.append(t(lang, "escalation.card_no_excerpt"))
-    scores = await recent_scores(session, escalation.person_id)
-    if scores:
-        parts.append(t(lang, "escalation.card_scores", scores=scores))
+    for case_line in engine.case_lines:
+        scores = await case_line(session, escalation.person_id, lang)
+        if scores:
+            parts.append(t(lang, "escalation.card_scores", scores=scores))
     if escalation.nobody_on_call:
         parts.append(t(lang, "escalation.card_nobody"))
     return "\n".join(parts)
 
 
-async def recent_scores(session: AsyncSession, person_id: int) -> str:
-    """The person's latest questionnaire results in one line, if the assessment module has any."""
-    try:
-        from core.assessment import result_summary
-    except ImportError:  # assessments are an optional feature module
-        return ""
-    summary = await result_summary(session, person_id)
-    items = [
-        f"{row.get('instrument', '').upper()} {row.get('total')} ({row.get('band')})"
-        for row in summary[:3]
-    ]
-    return "; ".join(items)
+def reason_labels(engine: ConversationEngine, lang: str, reasons: Sequence[str]) -> str:
+    """Why a card was raised, in the staff's words: each reason id by its own catalog entry,
+    else by its kind ("zh.intent.direct" → intent.direct → intent), else as the id itself."""
+    labels: list[str] = []
+    for reason in reasons:
+        bare = reason.removeprefix("zh.").removeprefix("en.")
+        for key in (reason, bare, bare.split(".", 1)[0]):
+            if engine.catalogs.has(lang, f"escalation.reason.{key}"):
+                label = engine.catalogs.t(lang, f"escalation.reason.{key}")
+                break
+        else:
+            label = reason
+        if label not in labels:
+            labels.append(label)
+    return engine.catalogs.t(lang, "escalation.reason_separator").join(labels)
+
+
+def _source_label(engine: ConversationEngine, lang: str, source: str) -> str:
+    key = f"escalation.source.{source}"
+    return engine.catalogs.t(lang, key) if engine.catalogs.has(lang, key) else source
 
 
 async def on_call_people(session: AsyncSession) -> list[Person]:

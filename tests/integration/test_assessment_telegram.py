@@ -403,8 +403,8 @@ async def test_phq9_item_9_above_zero_shows_the_hotlines_at_once_and_a_staff_car
     [card] = await bot.api.wait_for_message(STAFF_CHAT, contains=f"{level}风险")
     person = await bot.person(7306)
     assert person is not None and person.case_code in text_of(card)
-    assert "phq9.item9" in text_of(card) and "instrument" in text_of(card)
-    assert "PHQ9 " in text_of(card)  # the score the card is about
+    assert "PHQ-9 第9题" in text_of(card) and "来源：自评问卷" in text_of(card)
+    assert "近期自评：PHQ-9 " in text_of(card)  # the score the card is about
     [opened] = await escalations(bot)
     assert opened.source == "instrument"
     stored = (await results(bot))[-1]
