@@ -12,6 +12,7 @@ import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +67,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite+aiosqlite:///{tmp_path / 'test.sqlite3'}"
         return
+    yield from fresh_postgres(request)
+
+
+def fresh_postgres(request: pytest.FixtureRequest) -> Iterator[str]:
+    """A new, empty PostgreSQL database for one test, dropped afterwards (or a skip)."""
     admin = postgres_url()
     if admin is None:
         missing_service(request, f"PostgreSQL (set {POSTGRES_ENV})")
@@ -77,6 +83,11 @@ def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
         yield f"{base}/{name}"
     finally:
         asyncio.run(_pg_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+def settings_for(tmp_path: Path, db_url: str, **overrides: Any) -> Settings:
+    """Settings for a test: its own data folder and database, no .env, and ``overrides``."""
+    return Settings(data_dir=tmp_path, database_url=db_url, _env_file=None, **overrides)  # type: ignore[call-arg]
 
 
 async def _pg_admin(url: str, sql: str) -> None:
@@ -104,7 +115,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str) -> Settings:
-    return Settings(data_dir=tmp_path, database_url=db_url, _env_file=None)  # type: ignore[call-arg]
+    return settings_for(tmp_path, db_url)
 
 
 @pytest.fixture

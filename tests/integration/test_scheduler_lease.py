@@ -12,7 +12,6 @@ import os
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -22,9 +21,8 @@ from sqlalchemy import text
 from bot.lease import LeaseHeld, SchedulerLease
 from bot.runtime import Runtime
 from core.clock import FakeClock
-from core.config import Settings
 from core.db import Database, upgrade
-from tests.conftest import POSTGRES_ENV, _pg_admin, missing_service, postgres_url
+from tests.conftest import fresh_postgres, settings_for
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -51,23 +49,14 @@ async def until(check: Callable[[], bool], what: str) -> None:
 @pytest.fixture
 def pg_url(request: pytest.FixtureRequest) -> Iterator[str]:
     """A new PostgreSQL database: the standby scheduler is a PostgreSQL feature."""
-    admin = postgres_url()
-    if admin is None:
-        missing_service(request, f"PostgreSQL (set {POSTGRES_ENV})")
-        return
-    name = f"anxin_test_{uuid.uuid4().hex[:12]}"
-    asyncio.run(_pg_admin(admin, f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"{admin.rpartition('/')[0]}/{name}"
-    finally:
-        asyncio.run(_pg_admin(admin, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    yield from fresh_postgres(request)
 
 
 @pytest.fixture
 async def schedulers(pg_url: str, tmp_path: Path) -> AsyncIterator[list[Runtime]]:
     """Two scheduler-role runtimes of one deployment, not yet started."""
     await asyncio.to_thread(upgrade, pg_url)
-    settings = Settings(data_dir=tmp_path, database_url=pg_url, _env_file=None)  # type: ignore[call-arg]
+    settings = settings_for(tmp_path, pg_url)
     runtimes = [Runtime.build(settings, FakeClock()) for _ in range(2)]
     for runtime in runtimes:
         runtime.lease_check_seconds = 0.05

@@ -20,6 +20,7 @@ from core.escalation import reason_labels
 from core.instruments import InstrumentRegistry, bundled_dir
 from core.models import OutboxMessage, Person
 from core.services import Core
+from tests.conftest import settings_for
 from tests.drivers import EngineChat
 
 STAFF_CHAT = "-100500"
@@ -28,13 +29,7 @@ TRIAGE_DATA = Path(__file__).resolve().parents[2] / "core" / "data" / "triage"
 
 @pytest.fixture
 def settings(tmp_path: Path, db_url: str) -> Settings:
-    return Settings(
-        data_dir=tmp_path,
-        database_url=db_url,
-        telegram_token="1:x",  # type: ignore[call-arg]
-        staff_chat_id=STAFF_CHAT,
-        _env_file=None,
-    )
+    return settings_for(tmp_path, db_url, telegram_token="1:x", staff_chat_id=STAFF_CHAT)
 
 
 def every_reason_id() -> set[str]:
