@@ -16,7 +16,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
 from babel.dates import format_date, format_time
@@ -34,6 +34,9 @@ from core.models import AuditLog, Person, RoleGrant
 from core.outbox import queue
 from core.risk import RiskLevel
 from core.timephrase import Availability, PhraseError, parse_availability
+
+if TYPE_CHECKING:
+    from core.config import Settings
 
 MEET_KINDS = ("chat", "phone", "link")
 TOPICS = ("sleep", "worry", "mood", "family", "work", "grief", "other")
@@ -56,6 +59,11 @@ class BookingRules:
         ("24h", timedelta(hours=24)),
         ("1h", timedelta(hours=1)),
     )
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> BookingRules:
+        """The rules a deployment chose (``ANXIN_BOOKING_CUTOFF_MINUTES``)."""
+        return cls(cutoff=timedelta(minutes=settings.booking_cutoff_minutes))
 
 
 def _ts(nullable: bool = False) -> Any:
@@ -461,7 +469,7 @@ class BookingFlow:
             turn.say("booking.slot_unavailable")
             return None
         if as_utc(slot.starts_at) < self._bookable_from(turn):
-            turn.say("booking.slot_too_late", hours=_hours(self.rules.cutoff))
+            turn.say("booking.slot_too_late", cutoff=_duration(turn.t, self.rules.cutoff))
             return None
         taken = await turn.session.exec(select(Booking.id).where(Booking.active_slot_id == slot.id))
         if taken.first() is not None:
@@ -581,7 +589,7 @@ class BookingFlow:
             "booking.done",
             when=when_label(booking.starts_at, turn.lang, self._tz(turn)),
             meet=self._meet_summary(turn.t, counselor),
-            hours=_hours(self.rules.cutoff),
+            cutoff=_duration(turn.t, self.rules.cutoff),
             buttons=[[turn.menu_button()]],
         )
         await self._tell_counselor(turn, booking, "booking.counselor_new")
@@ -623,7 +631,7 @@ class BookingFlow:
             return True
         turn.say(
             "booking.too_late_to_change",
-            hours=_hours(self.rules.cutoff),
+            cutoff=_duration(turn.t, self.rules.cutoff),
             buttons=[[turn.button("booking.button_cant_come", "book.cant_come", str(booking.id))]],
         )
         return False
@@ -1529,9 +1537,14 @@ def _minutes(slot: Slot) -> int:
     return int((as_utc(slot.ends_at) - as_utc(slot.starts_at)).total_seconds() // 60)
 
 
-def _hours(delta: timedelta) -> str:
-    hours = delta.total_seconds() / 3600
-    return str(int(hours)) if hours == int(hours) else f"{hours:.1f}"
+def _duration(t: Any, delta: timedelta) -> str:
+    """A cut-off in words ("2 小时", "90 分钟", "1 hour"): whole hours as hours, else minutes."""
+    minutes = int(delta.total_seconds() // 60)
+    if minutes == 60:
+        return str(t("booking.duration.hour"))
+    if minutes and minutes % 60 == 0:
+        return str(t("booking.duration.hours", count=minutes // 60))
+    return str(t("booking.duration.minutes", count=minutes))
 
 
 def _pid(person: Person) -> int:

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     quiet_hours: str = Field(default="22:00-08:00", description="site time; empty turns off")
     checkin_time: str = Field(default="20:00", description="default daily check-in, site time")
     report_time: str = Field(default="08:00", description="daily report to staff, site time")
+    booking_cutoff_minutes: int = Field(
+        default=120, ge=0, le=10_080, description="bookings change online until this before"
+    )
     admins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     default_language: str = "zh_Hans"
     sites_file: Path | None = None

@@ -79,7 +79,7 @@ def build_core(
     )
     assessment.register(engine, instruments)
     escalation.register(engine)
-    booking.register(engine)
+    booking.register(engine, booking.BookingRules.from_settings(settings))
     rooms.register(engine)
     checkins.register(engine, checkins.CheckinConfig.from_settings(settings))
     selfhelp.register(

@@ -21,11 +21,12 @@ from core.booking import (
     send_due_reminders,
 )
 from core.clock import FakeClock, as_utc
-from core.config import Settings
+from core.config import ConfigError, Settings, load_settings
+from core.db import Database
 from core.escalation import Escalation
 from core.models import OutboxMessage, Person
 from core.privacy import export_person
-from core.services import Core
+from core.services import Core, build_core
 from tests.drivers import EngineChat
 
 STAFF_CHAT = "-100500"
@@ -313,6 +314,34 @@ async def test_cancelling_inside_the_cut_off_is_refused(core: Core, clock: FakeC
     await r.tap("取消预约")
     assert "不能在线取消" in (await r.new_replies())[-1].text
     assert (await bookings(core))[0].status == "booked"
+
+
+async def test_the_cut_off_is_a_setting(
+    settings: Settings, db: Database, clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("ANXIN_BOOKING_CUTOFF_MINUTES", raising=False)
+    assert Settings(_env_file=None).booking_cutoff_minutes == 120  # type: ignore[call-arg]
+    monkeypatch.setenv("ANXIN_BOOKING_CUTOFF_MINUTES", "30")
+    configured = Settings(**settings.model_dump(exclude={"booking_cutoff_minutes"}), _env_file=None)
+    assert configured.booking_cutoff_minutes == 30
+    with pytest.raises(ConfigError, match="ANXIN_BOOKING_CUTOFF_MINUTES"):
+        load_settings(booking_cutoff_minutes=-5, _env_file=None)
+    core = build_core(configured, db, clock)
+    c = await counselor(core)
+    await with_slots(c)
+    r = await resident(core)
+    await r.tap("预约心理咨询")
+    await r.tap("1月6日")
+    await r.tap("14:00")
+    await r.tap("先不说")
+    clock.set(local(13, 20))  # 40 minutes before: open under a 30-minute cut-off
+    await r.tap("确认预约")
+    assert "开始前 30 分钟以内" in (await r.new_replies())[-1].text
+    await r.tap("预约心理咨询")
+    clock.set(local(13, 40))  # 20 minutes before
+    await r.tap("取消预约")
+    assert "离开始已经不到 30 分钟" in (await r.new_replies())[-1].text
+    assert [b.status for b in await bookings(core)] == ["booked"]
 
 
 async def test_booking_a_slot_inside_the_cut_off_is_refused(core: Core, clock: FakeClock) -> None:
