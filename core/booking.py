@@ -207,7 +207,7 @@ def register(engine: ConversationEngine, rules: BookingRules | None = None) -> N
     engine.action("book.topic", flow.choose_topic)
     engine.action("book.confirm", flow.confirm)
     engine.action("book.back", flow.back)
-    engine.action("book.waitlist", flow.join_waitlist)
+    engine.action("book.waitlist", flow.join_waitlist, any_step=True)
     engine.action("book.cancel", flow.cancel_ask, any_step=True)
     engine.action("book.cancel_yes", flow.cancel_confirm)
     engine.action("book.reschedule", flow.reschedule, any_step=True)
@@ -221,6 +221,7 @@ def register(engine: ConversationEngine, rules: BookingRules | None = None) -> N
     engine.action("slots.length", flow.step_length)
     engine.action("slots.confirm", flow.add_confirm)
     engine.action("slots.remove", flow.remove_slot, any_step=True)
+    engine.action("slots.remove_yes", flow.remove_booked_slot)
     engine.command("counselor", flow.register_counselor, before_onboarding=True)
     engine.command("slots", flow.slots_command, before_onboarding=True)
     engine.command("available", flow.available_command, before_onboarding=True)
@@ -660,13 +661,7 @@ class BookingFlow:
         turn.say("booking.cancelled", buttons=[[turn.menu_button()]])
 
     async def _cancel(self, turn: Turn, booking: Booking, *, rescheduled: bool) -> None:
-        booking.status = "cancelled"
-        booking.active_slot_id = None
-        booking.cancelled_at = turn.now
-        turn.session.add(booking)
-        await turn.session.exec(
-            delete(BookingReminder).where(col(BookingReminder.booking_id) == booking.id)
-        )
+        await release_booking(turn.session, booking, turn.now)
         await self._tell_counselor(
             turn,
             booking,
@@ -792,6 +787,18 @@ class BookingFlow:
             )
             if booking.status == "booked" and as_utc(booking.starts_at) <= turn.now:
                 rows.append(_mark_buttons(turn.t, booking, codes.get(booking.resident_id, "—")))
+            elif booking.status == "booked" and len(rows) <= SLOTS_LISTED:
+                rows.append(
+                    [
+                        turn.button(
+                            "booking.button_remove_booked",
+                            "slots.remove",
+                            str(slot.id),
+                            when=when,
+                            code=codes.get(booking.resident_id, "—"),
+                        )
+                    ]
+                )
         rows.append([turn.menu_button()])
         if not lines:
             turn.say("booking.slots_empty", buttons=rows)
@@ -999,26 +1006,75 @@ class BookingFlow:
             return
         await self._preview(turn, found)
 
-    async def remove_slot(self, turn: Turn, arg: str) -> None:
-        """Remove one of the counselor's own free slots."""
+    async def _own_slot(self, turn: Turn, arg: str) -> tuple[Slot, Booking | None] | None:
+        """The counselor's own open slot a button names, with its standing booking if any."""
         counselor = await self._counselor(turn)
         if counselor is None:
-            return
+            return None
         try:
             slot = await turn.session.get(Slot, int(arg))
         except ValueError:
             slot = None
         if slot is None or slot.counselor_id != counselor.person_id or slot.status != "open":
             turn.say("booking.slot_unavailable")
+            return None
+        booking = (
+            await turn.session.exec(select(Booking).where(Booking.active_slot_id == slot.id))
+        ).first()
+        if booking is not None and as_utc(slot.starts_at) <= turn.now:
+            turn.say("booking.remove_started")
+            return None
+        return slot, booking
+
+    async def remove_slot(self, turn: Turn, arg: str) -> None:
+        """Remove one of the counselor's own slots; a booked one only after a confirmation."""
+        found = await self._own_slot(turn, arg)
+        if found is None:
             return
-        taken = await turn.session.exec(select(Booking.id).where(Booking.active_slot_id == slot.id))
-        if taken.first() is not None:
-            turn.say("booking.remove_booked")
+        slot, booking = found
+        tz = person_tz(turn.engine, turn.person)
+        if booking is not None:
+            resident = await turn.session.get(Person, booking.resident_id)
+            turn.goto("menu")  # the confirmation belongs to this step only
+            turn.say(
+                "booking.remove_booked_sure",
+                when=when_label(slot.starts_at, turn.lang, tz),
+                code=resident.case_code if resident else "—",
+                buttons=[
+                    [turn.button("booking.button_remove_yes", "slots.remove_yes", str(slot.id))],
+                    [turn.button("booking.button_keep_slot", "slots.menu")],
+                ],
+            )
             return
         slot.status = "removed"
         turn.session.add(slot)
-        tz = person_tz(turn.engine, turn.person)
         turn.say("booking.removed", when=when_label(slot.starts_at, turn.lang, tz))
+        await self.slots_menu(turn, "")
+
+    async def remove_booked_slot(self, turn: Turn, arg: str) -> None:
+        """Confirmed: remove the slot, cancel its booking, and look after the resident."""
+        found = await self._own_slot(turn, arg)
+        if found is None:
+            return
+        slot, booking = found
+        slot.status = "removed"
+        turn.session.add(slot)
+        tz = person_tz(turn.engine, turn.person)
+        when = when_label(slot.starts_at, turn.lang, tz)
+        if booking is None:  # the resident cancelled meanwhile: a free slot is simply removed
+            turn.say("booking.removed", when=when)
+            await self.slots_menu(turn, "")
+            return
+        await release_booking(turn.session, booking, turn.now)
+        _audit(turn, "booking.removed_by_counselor", booking)
+        resident = await turn.session.get(Person, booking.resident_id)
+        if resident is not None:
+            await offer_after_cancel(turn, resident, booking, self.rules)
+        turn.say(
+            "booking.removed_booked",
+            when=when,
+            code=resident.case_code if resident else "—",
+        )
         await self.slots_menu(turn, "")
 
     async def mark(self, turn: Turn, arg: str) -> None:
@@ -1351,6 +1407,46 @@ async def tell_waitlist(turn: Turn, slots: Sequence[Slot]) -> None:
             kind="booking",
         )
         await session.delete(entry)
+
+
+async def release_booking(session: AsyncSession, booking: Booking, now: datetime) -> None:
+    """Cancel a booking: its slot is no longer held by it and its reminders go."""
+    booking.status = "cancelled"
+    booking.active_slot_id = None
+    booking.cancelled_at = now
+    session.add(booking)
+    await session.exec(delete(BookingReminder).where(col(BookingReminder.booking_id) == booking.id))
+    await session.flush()
+
+
+async def offer_after_cancel(
+    turn: Turn, resident: Person, booking: Booking, rules: BookingRules
+) -> None:
+    """Tell a resident kindly that the counselor cancelled their session, in their language and
+    timezone, with the next free times one tap each; with none free they go on the waitlist,
+    in the place their booking gave them."""
+    engine = turn.engine
+    lang = resident.language or engine.config.default_language
+    tz = person_tz(engine, resident)
+    t = functools.partial(engine.catalogs.t, lang)
+    free = (
+        await bookable_slots(
+            turn.session, resident, turn.now + rules.cutoff, engine.config.default_language
+        )
+    )[:OFFERS_SHOWN]
+    when = when_label(booking.starts_at, lang, tz)
+    rows = [[Button(when_label(s.starts_at, lang, tz), "book.offer", str(s.id))] for s in free]
+    if free:
+        text = t("booking.counselor_cancelled_you", when=when)
+        rows.append([Button(t("booking.button_see_all"), "book.start")])
+    else:
+        text = t("booking.counselor_cancelled_you_waitlist", when=when)
+        if await turn.session.get(BookingWaitlist, resident.id) is None:
+            turn.session.add(
+                BookingWaitlist(person_id=_pid(resident), created_at=as_utc(booking.created_at))
+            )
+    rows.append([Button(t("button.menu"), "menu")])
+    turn.send_to(resident, text, buttons=rows, priority=Priority.REPLY, kind="booking")
 
 
 # Reminders: rows with a due time, swept by the scheduler ---------------------------------------

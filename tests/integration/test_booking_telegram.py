@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from sqlmodel import select
+from sqlmodel import col, select
 
 from bot.telegram.rooms import TelegramInviteLinks
 from core import booking, rooms
@@ -43,38 +43,52 @@ async def start(start_bot: StartBot) -> BotUnderTest:
     return bot
 
 
-async def registered_counselor(bot: BotUnderTest) -> tuple[Resident, str]:
+async def registered_counselor(
+    bot: BotUnderTest, meet: str = f"phone:{PHONE}"
+) -> tuple[Resident, str]:
     counselor = bot.resident(8001)
     await onboard_in_chinese(counselor)
     person = await bot.person(8001)
     assert person is not None
     admin = bot.resident(ADMIN_ID)
-    await admin.command(
-        f"/counselor {person.case_code} languages=zh_Hans sites=* meet=phone:{PHONE}"
-    )
+    await admin.command(f"/counselor {person.case_code} languages=zh_Hans sites=* meet={meet}")
     await admin.replies(1, contains="已登记咨询师")
     return counselor, person.case_code
+
+
+async def counselor_with_an_afternoon(bot: BotUnderTest, meet: str = f"phone:{PHONE}") -> Resident:
+    """A registered counselor who adds 后天 14:00-17:00 (three 50-minute slots) in words."""
+    counselor, _ = await registered_counselor(bot, meet)
+    await counselor.command("/available 后天 下午2点到5点 50分钟")
+    await tap_on(counselor, "将添加 3 个时段", "添加")
+    await counselor.replies(1, contains="已添加 3 个可预约时段")
+    return counselor
+
+
+async def book_through_the_menu(
+    resident: Resident, day: str = "1月7日", time: str = "14:00", topic: str = "先不说"
+) -> tuple[SentMessage, SentMessage]:
+    """Menu → day → time → topic → confirm; the list of times and the confirmation shown."""
+    await resident.tap("预约心理咨询")
+    await tap_on(resident, "想约哪一天", day)
+    times = await tap_on(resident, "可以约的时间", time)
+    await tap_on(resident, "想和咨询师聊些什么", topic)
+    confirm = await tap_on(resident, "请确认", "确认预约")
+    await resident.replies(1, contains="预约好了")
+    return times, confirm
 
 
 async def test_availability_in_chinese_words_is_booked_reminded_and_marked_held(
     start_bot: StartBot, clock: FakeClock
 ) -> None:
     bot = await start(start_bot)
-    counselor, _ = await registered_counselor(bot)
-    await counselor.command("/available 后天 下午2点到5点 50分钟")
-    await tap_on(counselor, "将添加 3 个时段", "添加")
-    await counselor.replies(1, contains="已添加 3 个可预约时段")
+    counselor = await counselor_with_an_afternoon(bot)
 
     resident = bot.resident(8002)
     await onboard_in_chinese(resident)
-    await resident.tap("预约心理咨询")
-    await tap_on(resident, "想约哪一天", "1月7日")
-    times = await tap_on(resident, "可以约的时间", "14:00")
+    times, confirm = await book_through_the_menu(resident, topic="睡眠")
     assert [b["text"] for b in times.buttons][:3] == ["14:00", "15:00", "16:00"]
-    await tap_on(resident, "想和咨询师聊些什么", "睡眠")
-    confirm = await tap_on(resident, "请确认", "确认预约")
     assert "2026年1月7日 14:00" in (confirm.plain_text or "")
-    await resident.replies(1, contains="预约好了")
     resident_code = (await bot.person(8002)).case_code  # type: ignore[union-attr]
     [told] = await counselor.replies(1, contains="新预约")
     assert resident_code in (told.plain_text or "") and "睡眠" in (told.plain_text or "")
@@ -149,3 +163,38 @@ async def test_joining_a_room_sends_a_one_person_invite_link_and_the_group_is_re
     assert bot.api.messages_to(ROOM_CHAT) == []  # the bot never speaks in the group
     async with bot.runtime.db.session() as session:
         assert len((await session.exec(select(Escalation))).all()) == 1
+
+
+async def test_a_counselor_removes_a_booked_slot_and_the_resident_rebooks_from_the_offer(
+    start_bot: StartBot,
+) -> None:
+    bot = await start(start_bot)
+    counselor = await counselor_with_an_afternoon(bot)
+    resident = bot.resident(8002)
+    await onboard_in_chinese(resident)
+    await book_through_the_menu(resident)
+    await counselor.replies(1, contains="新预约")
+    resident_code = (await bot.person(8002)).case_code  # type: ignore[union-attr]
+
+    await counselor.command("/slots")
+    listing = await tap_on(counselor, "你的咨询时段", f"{resident_code} 已预约")
+    assert "删除 2026年1月7日 15:00" in str(listing.buttons)  # free ones keep their button
+    [sure] = await counselor.replies(1, contains="会取消这次预约")
+    assert resident_code in (sure.plain_text or "")
+    await counselor.user.press(
+        sure, next(b["callback_data"] for b in sure.buttons if "删除并" in b["text"])
+    )
+    await counselor.replies(1, contains="预约已取消")
+
+    [told] = await resident.replies(1, contains="这不是你的原因")
+    assert "2026年1月7日 14:00" in (told.plain_text or "")
+    offered = [b["text"] for b in told.buttons]
+    assert offered[:2] == ["2026年1月7日 15:00（周三）", "2026年1月7日 16:00（周三）"]
+    await resident.user.press(told, told.buttons[0]["callback_data"])
+    await tap_on(resident, "想和咨询师聊些什么", "先不说")
+    await tap_on(resident, "请确认", "确认预约")
+    await resident.replies(1, contains="预约好了")
+    async with bot.runtime.db.session() as session:
+        rows = (await session.exec(select(Booking).order_by(col(Booking.id)))).all()
+    assert [(b.status, b.starts_at.hour) for b in rows] == [("cancelled", 6), ("booked", 7)]
+    await bot.all_sent()

@@ -14,6 +14,7 @@ from sqlmodel import col, select
 from core.booking import (
     Booking,
     BookingReminder,
+    BookingWaitlist,
     Counselor,
     Slot,
     SlotConflict,
@@ -28,6 +29,8 @@ from core.models import OutboxMessage, Person
 from core.privacy import export_person
 from core.services import Core, build_core
 from tests.drivers import EngineChat
+from tests.unit.test_checkins import SITES  # two sites: Shanghai and London
+from tests.unit.test_checkins import resident as resident_at  # onboarded by a site's link
 
 STAFF_CHAT = "-100500"
 ADMIN = "800"
@@ -53,11 +56,18 @@ async def case_code(core: Core, external_id: str) -> str:
 
 
 async def counselor(
-    core: Core, external_id: str = "900", meet: str = f"phone:{PHONE}", languages: str = "zh_Hans"
+    core: Core,
+    external_id: str = "900",
+    meet: str = f"phone:{PHONE}",
+    languages: str = "zh_Hans",
+    site: str | None = None,
 ) -> EngineChat:
     """A registered counselor (onboarded, then registered by the admin)."""
-    chat = EngineChat(core, external_id)
-    await chat.onboard()
+    if site is None:
+        chat = EngineChat(core, external_id)
+        await chat.onboard()
+    else:
+        chat = await resident_at(core, external_id, site)
     admin = EngineChat(core, ADMIN)
     await admin.command(
         "counselor",
@@ -95,6 +105,22 @@ async def book_first(chat: EngineChat, day: str = "1月6日", time: str = "14:00
     await chat.tap(time)
     await chat.tap("睡眠")
     await chat.tap("确认预约")
+
+
+async def person_pk(core: Core, external_id: str) -> int:
+    async with core.db.session() as s:
+        person = (await s.exec(select(Person).where(Person.external_id == external_id))).one()
+        assert person.id is not None
+        return person.id
+
+
+async def booked(core: Core, meet: str = f"phone:{PHONE}") -> tuple[EngineChat, EngineChat]:
+    """A counselor with three slots on January 6th and a resident who booked the first."""
+    c = await counselor(core, meet=meet)
+    await with_slots(c)
+    r = await resident(core)
+    await book_first(r)
+    return c, r
 
 
 def local(hour: int, minute: int = 0, day: int = 6) -> datetime:
@@ -172,6 +198,128 @@ async def test_a_counselor_removes_a_free_slot(core: Core) -> None:
     await chat.tap("删除")
     assert "已删除" in "".join(r.text for r in await chat.new_replies())
     assert [s.status for s in await slots(core)].count("removed") == 1
+
+
+async def test_removing_a_booked_slot_asks_then_cancels_and_offers_the_resident_other_times(
+    core: Core,
+) -> None:
+    c = await counselor(core)
+    await with_slots(c)
+    r = await resident(core)
+    waiting = await resident(core, "101")
+    await book_first(r)
+    await r.new_replies()
+    async with core.db.session() as s:  # someone waiting for a time: nothing opens for them
+        s.add(BookingWaitlist(person_id=await person_pk(core, "101"), created_at=local(9)))
+        await s.commit()
+    await c.command("slots")
+    await c.new_replies()
+    await c.tap("已预约")
+    sure = (await c.new_replies())[-1]
+    code = await case_code(core, "100")
+    assert "会取消这次预约" in sure.text and code in sure.text
+    assert [b.status for b in await bookings(core)] == ["booked"]
+    await c.tap("删除并取消")
+    done = "".join(x.text for x in await c.new_replies())
+    assert "预约已取消" in done and code in done
+    [booking] = await bookings(core)
+    assert booking.status == "cancelled" and booking.active_slot_id is None
+    assert [s.status for s in await slots(core)] == ["removed", "open", "open"]
+    [told] = await r.new_replies()
+    assert "2026年1月6日 14:00" in told.text and "这不是你的原因" in told.text
+    assert [row[0]["label"] for row in told.buttons[:2]] == [
+        "2026年1月6日 15:00（周二）",
+        "2026年1月6日 16:00（周二）",
+    ]
+    assert await waiting.new_replies() == []
+    await r.press(told.token("15:00"))
+    await r.tap("先不说")
+    await r.tap("确认预约")
+    assert [b.status for b in await bookings(core)] == ["cancelled", "booked"]
+    async with core.db.session() as s:
+        assert (await s.exec(select(BookingReminder))).all()  # the new booking's, not the old
+        old = await s.exec(select(BookingReminder).where(BookingReminder.booking_id == booking.id))
+        assert old.all() == []
+
+
+async def test_keeping_a_booked_slot_and_a_stale_removal_confirmation(core: Core) -> None:
+    c, r = await booked(core)
+    await c.command("slots")
+    await c.tap("已预约")
+    await c.tap("保留这个时段")
+    assert [b.status for b in await bookings(core)] == ["booked"]
+    await c.tap("已预约")
+    confirm = (await c.new_replies())[-1].token("删除并取消")
+    await c.command("available")  # another step since: the confirmation is stale
+    result = await c.press(confirm)
+    assert result.notice and "之前的步骤" in result.notice
+    assert [b.status for b in await bookings(core)] == ["booked"]
+    await c.tap("已预约")
+    confirm = (await c.new_replies())[-1].token("删除并取消")
+    await r.tap("预约心理咨询")
+    await r.tap("取消预约")
+    await r.tap("确定取消")  # the resident cancels first: the removal finds a free slot
+    await r.new_replies()
+    await c.press(confirm)
+    assert "已删除" in "".join(x.text for x in await c.new_replies())
+    assert await r.new_replies() == []
+    assert [s.status for s in await slots(core)] == ["removed", "open", "open"]
+
+
+async def test_a_started_booked_slot_cannot_be_removed(core: Core, clock: FakeClock) -> None:
+    c, _r = await booked(core)
+    await c.command("slots")
+    await c.tap("已预约")
+    clock.set(local(14, 5))
+    await c.tap("删除并取消")
+    assert "已经开始" in (await c.new_replies())[-1].text
+    assert [b.status for b in await bookings(core)] == ["booked"]
+
+
+async def test_a_removed_booking_is_told_in_english_in_london_time_and_waitlisted_first(
+    tmp_path: Path, db: Database, clock: FakeClock
+) -> None:
+    sites = tmp_path / "sites.toml"
+    sites.write_text(SITES, encoding="utf-8")
+    core = build_core(
+        Settings(
+            data_dir=tmp_path,
+            database_url=db.url,
+            telegram_token="1:x",  # type: ignore[call-arg]
+            staff_chat_id=STAFF_CHAT,
+            admins=[ADMIN],
+            sites_file=sites,
+            _env_file=None,
+        ),
+        db,
+        clock,
+    )
+    c = await counselor(core, languages="zh_Hans,en", site="north")
+    await c.command("available", "明天 14:00-15:00 50分钟")  # one slot, 14:00 in Shanghai
+    await c.tap("添加")
+    r = await resident_at(core, "100", "west", "English")
+    later = await resident_at(core, "101", "west", "English")
+    await r.tap("Book a counselor")
+    await r.tap("Tue 6 Jan")
+    await r.tap("06:00")  # 14:00 in Shanghai is 06:00 in London
+    await r.tap("Skip")
+    await r.tap("Confirm")
+    await r.new_replies()
+    clock.advance(minutes=5)
+    await later.tap("Book a counselor")
+    await later.tap("Tell me when")  # joins the waitlist after that booking was made
+    await c.command("slots")
+    await c.tap("已预约")
+    await c.tap("删除并取消")
+    [told] = await r.new_replies()
+    assert "6 Jan 2026, 06:00" in told.text and "waitlist" in told.text
+    async with core.db.session() as s:
+        queue = await s.exec(select(BookingWaitlist).order_by(col(BookingWaitlist.created_at)))
+        first, _ = queue.all()
+    assert first.person_id == await person_pk(core, "100")
+    await with_slots(c, "后天 9:00-10:00 50分钟")
+    opened = (await r.new_replies())[-1]
+    assert "has opened" in opened.text and "7 Jan 2026, 01:00" in opened.text
 
 
 async def test_only_an_admin_registers_counselors(core: Core) -> None:
@@ -287,10 +435,7 @@ async def test_a_loser_books_the_offered_next_slot_in_one_tap(core: Core) -> Non
 
 
 async def test_cancelling_frees_the_slot_and_tells_the_counselor(core: Core) -> None:
-    c = await counselor(core)
-    await with_slots(c)
-    r = await resident(core)
-    await book_first(r)
+    c, r = await booked(core)
     await c.new_replies()
     await r.tap("预约心理咨询")
     await r.tap("取消预约")
@@ -305,10 +450,7 @@ async def test_cancelling_frees_the_slot_and_tells_the_counselor(core: Core) -> 
 
 
 async def test_cancelling_inside_the_cut_off_is_refused(core: Core, clock: FakeClock) -> None:
-    c = await counselor(core)
-    await with_slots(c)
-    r = await resident(core)
-    await book_first(r)
+    _c, r = await booked(core)
     await r.tap("预约心理咨询")
     clock.set(local(12, 30))  # 90 minutes before 14:00
     await r.tap("取消预约")
@@ -388,10 +530,7 @@ async def test_a_button_from_an_earlier_step_is_refused_as_stale(core: Core) -> 
 
 
 async def test_rescheduling_moves_the_booking_and_frees_the_old_time(core: Core) -> None:
-    c = await counselor(core)
-    await with_slots(c)
-    r = await resident(core)
-    await book_first(r)
+    c, r = await booked(core)
     await r.tap("预约心理咨询")
     await r.tap("改时间")
     await r.tap("1月6日")
@@ -514,10 +653,7 @@ async def test_a_cancelled_booking_sends_no_reminders(core: Core, clock: FakeClo
 async def test_a_counselor_marks_a_no_show_from_the_slots_list(
     core: Core, clock: FakeClock
 ) -> None:
-    c = await counselor(core)
-    await with_slots(c)
-    r = await resident(core)
-    await book_first(r)
+    c, _r = await booked(core)
     await c.command("slots")
     listing = (await c.new_replies())[-1]
     assert not any("未到场" in b["label"] for row in listing.buttons for b in row)
@@ -530,10 +666,7 @@ async def test_a_counselor_marks_a_no_show_from_the_slots_list(
 
 
 async def test_erasing_a_resident_removes_their_bookings(core: Core) -> None:
-    c = await counselor(core)
-    await with_slots(c)
-    r = await resident(core)
-    await book_first(r)
+    _c, r = await booked(core)
     await r.command("privacy")
     await r.tap("删除")
     await r.tap("确定删除")
