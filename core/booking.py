@@ -227,6 +227,7 @@ def register(engine: ConversationEngine, rules: BookingRules | None = None) -> N
     engine.command("available", flow.available_command, before_onboarding=True)
     engine.command("booking", flow.booking_command)
     engine.export_hooks.append(export_bookings)
+    engine.erasure_hooks.append(flow.before_erasure)
 
 
 # Reading the tables ------------------------------------------------------------------------
@@ -712,6 +713,65 @@ class BookingFlow:
         if topic.startswith("@") and topic[1:] in TOPICS:
             return str(t(f"booking.topic.{topic[1:]}"))
         return topic
+
+    async def before_erasure(self, turn: Turn) -> None:
+        """The person is about to be erased: their standing bookings are cancelled first.
+
+        A resident's counselor hears of it by case code only, and the time is offered to the
+        waitlist; a counselor's residents are told kindly and offered other counselors' times.
+        """
+        person = turn.person
+        standing = (
+            await turn.session.exec(
+                select(Booking)
+                .where(
+                    or_(
+                        col(Booking.resident_id) == person.id,
+                        col(Booking.counselor_id) == person.id,
+                    )
+                )
+                .where(col(Booking.status) == "booked")
+                .where(col(Booking.ends_at) > turn.now.astimezone(UTC))
+                .order_by(col(Booking.starts_at))
+            )
+        ).all()
+        profile = await turn.session.get(Counselor, person.id)
+        if profile is not None:  # their own other times are no longer offered to anyone
+            profile.active = False
+            turn.session.add(profile)
+        freed: list[Slot] = []
+        for booking in standing:
+            await release_booking(turn.session, booking, turn.now)
+            turn.session.add(
+                AuditLog(
+                    at=turn.now,
+                    actor=person.case_code,
+                    action="booking.cancel_erased",
+                    subject=f"booking {booking.id}",
+                )
+            )
+            if booking.resident_id == person.id:
+                other = await turn.session.get(Person, booking.counselor_id)
+                if other is not None:
+                    lang = other.language or turn.engine.config.default_language
+                    turn.send_to(
+                        other,
+                        turn.engine.catalogs.t(
+                            lang,
+                            "booking.counselor_erased",
+                            code=person.case_code,
+                            when=when_label(booking.starts_at, lang, person_tz(turn.engine, other)),
+                        ),
+                        kind="booking",
+                    )
+                slot = await turn.session.get(Slot, booking.slot_id)
+                if slot is not None and slot.status == "open":
+                    freed.append(slot)
+            else:
+                resident = await turn.session.get(Person, booking.resident_id)
+                if resident is not None:
+                    await offer_after_cancel(turn, resident, booking, self.rules)
+        await tell_waitlist(turn, freed)
 
     # The counselor's side ------------------------------------------------------------------
 

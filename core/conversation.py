@@ -284,6 +284,9 @@ class ConversationEngine:
         self.export_hooks: list[Callable[[AsyncSession, Person], Awaitable[tuple[str, Any]]]] = []
         #: Feature modules say why erasure must wait (a catalog key), or None.
         self.erasure_blockers: list[Callable[[AsyncSession, Person], Awaitable[str | None]]] = []
+        #: Feature modules settle what involves others just before the turn's person is erased
+        #: (a booking cancelled, its counselor told); what they queue to others is sent.
+        self.erasure_hooks: list[Callable[[Turn], Awaitable[None]]] = []
         #: Feature modules add a line about a person to staff cards (person id, staff language).
         self.case_lines: list[Callable[[AsyncSession, int, str], Awaitable[str]]] = []
         #: Reads text written in a group chat (a support room); nothing is ever said there.

@@ -154,6 +154,10 @@ async def erase_person(session: AsyncSession, person: Person, turn: Turn) -> Non
         priority=Priority.REPLY,
         kind="reply",
     )
+    turn.out = []
+    for hook in turn.engine.erasure_hooks:
+        await hook(turn)
+    told_others = [m for m in turn.out if m.person_id not in (None, person.id)]
     session.expunge(person)
     await session.exec(
         delete(OutboxMessage).where(
@@ -174,7 +178,7 @@ async def erase_person(session: AsyncSession, person: Person, turn: Turn) -> Non
         )
     )
     await session.exec(delete(Person).where(col(Person.id) == person.id))
-    turn.out = [confirmation]
+    turn.out = [*told_others, confirmation]
     turn.person = Person(  # a detached stand-in so the turn can finish without the row
         channel=person.channel,
         external_id=person.external_id,

@@ -78,6 +78,20 @@ async def book_through_the_menu(
     return times, confirm
 
 
+async def a_booked_session(
+    bot: BotUnderTest, topic: str = "先不说", meet: str = f"phone:{PHONE}"
+) -> tuple[Resident, Resident, str]:
+    """A counselor's afternoon, and resident 8002 who booked its 14:00: both, and the code."""
+    counselor = await counselor_with_an_afternoon(bot, meet)
+    resident = bot.resident(8002)
+    await onboard_in_chinese(resident)
+    await book_through_the_menu(resident, topic=topic)
+    await counselor.replies(1, contains="新预约")
+    person = await bot.person(8002)
+    assert person is not None
+    return counselor, resident, person.case_code
+
+
 async def test_availability_in_chinese_words_is_booked_reminded_and_marked_held(
     start_bot: StartBot, clock: FakeClock
 ) -> None:
@@ -169,12 +183,7 @@ async def test_a_counselor_removes_a_booked_slot_and_the_resident_rebooks_from_t
     start_bot: StartBot,
 ) -> None:
     bot = await start(start_bot)
-    counselor = await counselor_with_an_afternoon(bot)
-    resident = bot.resident(8002)
-    await onboard_in_chinese(resident)
-    await book_through_the_menu(resident)
-    await counselor.replies(1, contains="新预约")
-    resident_code = (await bot.person(8002)).case_code  # type: ignore[union-attr]
+    counselor, resident, resident_code = await a_booked_session(bot)
 
     await counselor.command("/slots")
     listing = await tap_on(counselor, "你的咨询时段", f"{resident_code} 已预约")
@@ -197,4 +206,28 @@ async def test_a_counselor_removes_a_booked_slot_and_the_resident_rebooks_from_t
     async with bot.runtime.db.session() as session:
         rows = (await session.exec(select(Booking).order_by(col(Booking.id)))).all()
     assert [(b.status, b.starts_at.hour) for b in rows] == [("cancelled", 6), ("booked", 7)]
+    await bot.all_sent()
+
+
+async def test_a_resident_who_erases_their_data_frees_the_slot_and_the_counselor_hears_the_code(
+    start_bot: StartBot,
+) -> None:
+    bot = await start(start_bot)
+    counselor, resident, resident_code = await a_booked_session(bot, topic="睡眠")
+
+    await resident.command("/privacy")
+    await tap_on(resident, "隐私", "删除我的全部数据")
+    await tap_on(resident, "确定要删除", "确定删除")
+    await resident.replies(1, contains="已全部删除")
+    [told] = await counselor.replies(1, contains="删除了自己在安心的全部资料")
+    text = told.plain_text or ""
+    assert resident_code in text and "2026年1月7日 14:00" in text
+    assert "睡眠" not in text and "8002" not in text and "用户8002" not in text
+
+    other = bot.resident(8003)
+    await onboard_in_chinese(other)
+    await book_through_the_menu(other)  # the same 14:00 is free again
+    async with bot.runtime.db.session() as session:
+        [again] = (await session.exec(select(Booking))).all()
+    assert again.status == "booked" and again.starts_at.hour == 6
     await bot.all_sent()

@@ -25,7 +25,7 @@ from core.clock import FakeClock, as_utc
 from core.config import ConfigError, Settings, load_settings
 from core.db import Database
 from core.escalation import Escalation
-from core.models import OutboxMessage, Person
+from core.models import AuditLog, Person
 from core.privacy import export_person
 from core.services import Core, build_core
 from tests.drivers import EngineChat
@@ -665,13 +665,50 @@ async def test_a_counselor_marks_a_no_show_from_the_slots_list(
     assert booking.status == "no_show" and booking.staff_note == ""
 
 
-async def test_erasing_a_resident_removes_their_bookings(core: Core) -> None:
-    _c, r = await booked(core)
+async def test_erasing_a_resident_cancels_their_booking_and_tells_the_counselor_by_code(
+    core: Core,
+) -> None:
+    c = await counselor(core)
+    await with_slots(c, "明天 14:00-15:00 50分钟")  # one slot only
+    r = await resident(core)
+    await book_first(r)
+    other = await resident(core, "101")
+    await other.tap("预约心理咨询")
+    await other.tap("有空位时通知我")
+    await c.new_replies()
+    code = await case_code(core, "100")
     await r.command("privacy")
     await r.tap("删除")
     await r.tap("确定删除")
+    assert "已全部删除" in (await r.new_replies())[-1].text
     assert await bookings(core) == []
+    [told] = await c.new_replies()
+    assert code in told.text and "2026年1月6日 14:00" in told.text and "重新开放" in told.text
+    assert "睡眠" not in told.text and "100" not in told.text.replace(code, "")
+    opened = (await other.new_replies())[-1]  # the waitlist hears that the time is free
+    assert "有新的咨询时段" in opened.text
+    await other.tap("约这个时间")
+    await other.tap("先不说")
+    await other.tap("确认预约")
+    [again] = await bookings(core)
+    assert again.status == "booked" and as_utc(again.starts_at) == local(14)
     async with core.db.session() as s:
-        assert (await s.exec(select(BookingReminder))).all() == []
-        rows = (await s.exec(select(OutboxMessage))).all()
-    assert rows
+        assert (await s.exec(select(Person).where(Person.external_id == "100"))).first() is None
+        audit = await s.exec(select(AuditLog).where(AuditLog.action == "booking.cancel_erased"))
+        assert [a.actor for a in audit.all()] == [code]
+
+
+async def test_a_counselor_erasing_their_data_tells_their_residents_kindly(core: Core) -> None:
+    c, r = await booked(core)
+    second = await counselor(core, "901")
+    await with_slots(second, "后天 10:00-11:00 50分钟")
+    await r.new_replies()
+    await c.command("privacy")
+    await c.tap("删除")
+    await c.tap("确定删除")
+    [told] = await r.new_replies()
+    assert "这不是你的原因" in told.text and "2026年1月6日 14:00" in told.text
+    labels = [b["label"] for row in told.buttons for b in row]
+    assert labels[0] == "2026年1月7日 10:00（周三）"  # only the other counselor's time
+    assert not any("1月6日" in label for label in labels)
+    assert await bookings(core) == []
