@@ -13,6 +13,7 @@ from pydantic import ValidationError
 
 from bot.web.admin_api import admin_router
 from bot.web.chat import WebChat
+from bot.web.metrics import metrics_router
 from core.db import DatabaseUnavailable
 
 if TYPE_CHECKING:
@@ -37,6 +38,7 @@ def create_app(runtime: Runtime) -> FastAPI:
     )
     app.include_router(chat.router)
     app.include_router(admin_router(runtime.core))
+    app.include_router(metrics_router(runtime))
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
