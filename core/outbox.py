@@ -139,6 +139,93 @@ async def _draw_buttons(
     return drawn
 
 
+async def queue_many(
+    session: AsyncSession, messages: Sequence[Outbound], now: datetime, state_seq: int | None = None
+) -> int:
+    """``queue`` for batches: the same rows and tokens, one INSERT per table, no ORM objects.
+
+    For sweeps that queue thousands of messages in one transaction (check-ins). The rows are
+    column for column what ``queue`` adds (button tokens from the same random source, bound to
+    the same person and ``state_seq``), sent with the driver's executemany (``core.bulk``);
+    their ids are not returned. Returns the outbox rows added.
+    """
+    from core.bulk import insert_rows  # here, so that this function is all queue_many adds
+
+    count = sum(len(line) for message in messages for line in message.buttons)
+    # token_urlsafe(12) per button, drawn at once: 12 bytes are 16 base64 characters, no padding.
+    raw = secrets.token_urlsafe(12 * count)
+    tokens = iter([raw[i : i + 16] for i in range(0, 16 * count, 16)])
+    labels: dict[str, str] = {}  # a label as JSON, for json.dumps(drawn)'s exact text
+    documents = any(message.document for message in messages)
+    token_rows: list[tuple[object, ...]] = []
+    outbox_rows: list[tuple[object, ...]] = []
+    for message in messages:
+        seq = getattr(message.seq_holder, "state_seq", state_seq) or 0
+        drawn: list[str] = []
+        for line in message.buttons:
+            drawn_line: list[str] = []
+            for button in line:
+                if message.person_id is None and button.scope != "staff":
+                    raise ValueError("buttons need a person to bind their tokens to")
+                token = next(tokens)
+                person_id = None if button.scope == "staff" else message.person_id
+                token_rows.append((token, person_id, button.action, button.arg, seq))
+                label = labels.get(button.label)
+                if label is None:
+                    label = labels[button.label] = json.dumps(button.label, ensure_ascii=False)
+                # Tokens are URL-safe base64: nothing in them needs escaping.
+                drawn_line.append(f'{{"label": {label}, "token": "{token}"}}')
+            drawn.append("[" + ", ".join(drawn_line) + "]")
+        parts = split_text(message.text) if message.text else [""]
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            row = (
+                message.channel,
+                message.chat_id,
+                message.chat_kind,
+                message.person_id,
+                int(message.priority),
+                message.kind,
+                part,
+                "[" + ", ".join(drawn) + "]" if last else "[]",
+                f"{message.dedupe_key}#{index}"
+                if message.dedupe_key and index
+                else message.dedupe_key,
+            )
+            if documents:
+                document = message.document if last else None
+                row = (*row, *(document or (None, None)))
+            outbox_rows.append(row)
+    await insert_rows(
+        session,
+        ButtonToken.__table__,  # type: ignore[attr-defined]
+        ("token", "person_id", "action", "arg", "state_seq"),
+        token_rows,
+        same={"created_at": now},
+    )
+    # Columns not named (hold_until, claimed_at, sent_at, platform_message_id, error, and the
+    # document when no message has one) are NULL, as queue() leaves them.
+    columns = (
+        "channel",
+        "chat_id",
+        "chat_kind",
+        "person_id",
+        "priority",
+        "kind",
+        "text",
+        "buttons",
+        "dedupe_key",
+    )
+    await insert_rows(
+        session,
+        OutboxMessage.__table__,  # type: ignore[attr-defined]
+        (*columns, "document_name", "document_body") if documents else columns,
+        outbox_rows,
+        same={"status": "pending", "attempts": 0, "due_at": now, "created_at": now},
+    )
+    return len(outbox_rows)
+
+
 class TokenBucket:
     """A rate limit: ``rate`` per second with bursts up to ``burst``."""
 
