@@ -21,7 +21,7 @@ from bot.telegram.delivery import TelegramSender
 from bot.telegram.rooms import TelegramInviteLinks
 from bot.web.app import WEBHOOK_PATH, create_app
 from bot.web.hub import WebHub
-from core import booking, broadcasts, checkins, escalation, reports, rooms, sweeps
+from core import booking, booking_chat, broadcasts, checkins, escalation, reports, rooms, sweeps
 from core.clock import Clock, SystemClock
 from core.config import Settings
 from core.db import Database
@@ -242,6 +242,7 @@ class Runtime:
         )
         for job_id, job, seconds, job_args in (
             ("booking_reminders", booking.sweep_reminders, 30, [self.core.engine]),
+            ("booking_chats", booking_chat.sweep_chats, 60, [self.core.engine]),
             ("room_reminders", rooms.sweep_room_reminders, 30, [self.core.engine]),
         ):
             self.scheduler.add_job(

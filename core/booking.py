@@ -59,6 +59,10 @@ class BookingRules:
         ("24h", timedelta(hours=24)),
         ("1h", timedelta(hours=1)),
     )
+    #: A chat session through the bot can be opened from this long before its start …
+    chat_opens_before: timedelta = timedelta(minutes=10)
+    #: … and is closed by the scheduler this long after its booked end if nobody ended it.
+    chat_grace: timedelta = timedelta(minutes=30)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> BookingRules:
@@ -84,6 +88,8 @@ class Counselor(SQLModel, table=True):
     sites: str = Field(default="", max_length=512)
     meet: str = Field(default="chat", max_length=16)
     meet_detail: str = Field(default="", max_length=512)
+    #: The name residents see in a chat session ("王老师"); empty: "your counselor".
+    display_name: str = Field(default="", max_length=32)
     active: bool = True
     #: Bumped before slots are added: the row lock that keeps a counselor's slots apart.
     slots_version: int = 0
@@ -162,6 +168,25 @@ class BookingReminder(SQLModel, table=True):
     sent_at: datetime | None = _ts(nullable=True)
 
 
+class BookingChat(SQLModel, table=True):
+    """A booked session held as a chat through the bot, from the counselor's start to its end.
+
+    The row is the session's whole state: residents' and counselors' conversation states only
+    point at it, and ``close_at`` is the due time at which the scheduler ends it if nobody has.
+    """
+
+    __tablename__ = "booking_chat"
+    __table_args__ = (Index("ix_booking_chat_due", "status", "close_at"),)
+
+    booking_id: int = Field(foreign_key="booking.id", primary_key=True, ondelete="CASCADE")
+    status: str = Field(default="open", max_length=16)
+    opened_at: datetime = _ts()
+    close_at: datetime = _ts()
+    ended_at: datetime | None = _ts(nullable=True)
+    #: "counselor", "resident", "timeout" or "erased".
+    ended_by: str = Field(default="", max_length=16)
+
+
 class BookingWaitlist(SQLModel, table=True):
     """A resident who found nothing free and wants to hear when a slot opens."""
 
@@ -228,6 +253,9 @@ def register(engine: ConversationEngine, rules: BookingRules | None = None) -> N
     engine.command("booking", flow.booking_command)
     engine.export_hooks.append(export_bookings)
     engine.erasure_hooks.append(flow.before_erasure)
+    from core import booking_chat  # the session flow builds on this module's tables
+
+    booking_chat.register(engine, flow.rules)
 
 
 # Reading the tables ------------------------------------------------------------------------
@@ -310,6 +338,14 @@ def when_label(moment: datetime, lang: str, tz: ZoneInfo) -> str:
     weekday = format_date(local.date(), "EEE", locale=babel_locale(lang))
     text = format_when(local, lang, tz)
     return f"{text}（{weekday}）" if lang == "zh_Hans" else f"{weekday} {text}"
+
+
+async def booking_named(session: AsyncSession, arg: str) -> Booking | None:
+    """The booking a button's argument names, if it exists."""
+    try:
+        return await session.get(Booking, int(arg))
+    except ValueError:
+        return None
 
 
 def _insert(is_sqlite: bool) -> Any:
@@ -619,10 +655,7 @@ class BookingFlow:
         turn.say("booking.waitlisted", buttons=[[turn.menu_button()]])
 
     async def _own_booking(self, turn: Turn, arg: str) -> Booking | None:
-        try:
-            booking = await turn.session.get(Booking, int(arg))
-        except ValueError:
-            booking = None
+        booking = await booking_named(turn.session, arg)
         if booking is None or booking.resident_id != turn.person.id or booking.status != "booked":
             turn.say("booking.no_such_booking", buttons=[[turn.menu_button()]])
             return None
@@ -845,8 +878,11 @@ class BookingFlow:
                     status=turn.t(f"booking.status.{booking.status}"),
                 )
             )
-            if booking.status == "booked" and as_utc(booking.starts_at) <= turn.now:
-                rows.append(_mark_buttons(turn.t, booking, codes.get(booking.resident_id, "—")))
+            code = codes.get(booking.resident_id, "—")
+            if await self._chat_startable(turn, counselor, booking):
+                rows.append([chat_start_button(turn.engine, turn.lang, booking, code)])
+            elif booking.status == "booked" and as_utc(booking.starts_at) <= turn.now:
+                rows.append(_mark_buttons(turn.t, booking, code))
             elif booking.status == "booked" and len(rows) <= SLOTS_LISTED:
                 rows.append(
                     [
@@ -855,7 +891,7 @@ class BookingFlow:
                             "slots.remove",
                             str(slot.id),
                             when=when,
-                            code=codes.get(booking.resident_id, "—"),
+                            code=code,
                         )
                     ]
                 )
@@ -864,6 +900,16 @@ class BookingFlow:
             turn.say("booking.slots_empty", buttons=rows)
             return
         turn.say("booking.slots_list", lines="\n".join(lines), buttons=rows)
+
+    async def _chat_startable(self, turn: Turn, counselor: Counselor, booking: Booking) -> bool:
+        """Whether a booking meets in the bot's chat and its session may be opened now."""
+        if counselor.meet != "chat" or booking.status != "booked":
+            return False
+        opens = as_utc(booking.starts_at) - self.rules.chat_opens_before
+        if not opens <= turn.now < as_utc(booking.ends_at) + self.rules.chat_grace:
+            return False
+        chat = await turn.session.get(BookingChat, booking.id)
+        return chat is None or chat.status == "open"
 
     async def add_start(self, turn: Turn, _arg: str) -> None:
         """Ask for availability in plain words (or step by step)."""
@@ -1140,10 +1186,7 @@ class BookingFlow:
     async def mark(self, turn: Turn, arg: str) -> None:
         """The counselor marks a session held or no-show; then offers a staff-only note."""
         booking_id, _, outcome = arg.partition(":")
-        try:
-            booking = await turn.session.get(Booking, int(booking_id))
-        except ValueError:
-            booking = None
+        booking = await booking_named(turn.session, booking_id)
         if (
             booking is None
             or booking.counselor_id != turn.person.id
@@ -1155,7 +1198,10 @@ class BookingFlow:
         if booking.status != "booked":
             turn.say("booking.already_marked", status=turn.t(f"booking.status.{booking.status}"))
             return
-        if as_utc(booking.starts_at) > turn.now:
+        if (
+            as_utc(booking.starts_at) > turn.now
+            and await turn.session.get(BookingChat, booking.id) is None
+        ):
             turn.say("booking.not_started")
             return
         booking.status = outcome
@@ -1273,6 +1319,8 @@ def parse_counselor_options(
             if value != "*" and any(engine.sites.get(v) is None for v in sites):
                 return None
             options["sites"] = "" if value == "*" else ",".join(sites)
+        elif name == "name":
+            options["display_name"] = value.replace("_", " ")[:32]
         elif name == "meet":
             kind, _, detail = value.partition(":")
             if kind not in MEET_KINDS or (kind != "chat" and not detail):
@@ -1586,6 +1634,8 @@ async def send_due_reminders(
                 )
             )
         elif reminder.kind == "after":
+            if await session.get(BookingChat, booking.id) is not None:
+                continue  # a chat session asks for the outcome when it ends
             lang = counselor_person.language or engine.config.default_language
             out.append(
                 Outbound(
@@ -1612,8 +1662,12 @@ async def send_due_reminders(
             text += "\n" + t(
                 lang, "booking.lead_line", lead=t(lang, f"booking.lead.{reminder.kind}")
             )
+            buttons: list[list[Button]] = []
             if counselor is not None and counselor.meet != "chat":
                 text += "\n" + meet_details(engine, lang, counselor)
+            elif as_utc(booking.starts_at) - as_utc(reminder.due_at) <= timedelta(hours=1):
+                text += "\n" + t(lang, "booking.chat_reminder_counselor")
+                buttons.append([chat_start_button(engine, lang, booking, resident.case_code)])
             out.append(
                 Outbound(
                     channel=counselor_person.channel,
@@ -1622,6 +1676,8 @@ async def send_due_reminders(
                     priority=Priority.REMINDER,
                     kind="reminder",
                     person_id=counselor_person.id,
+                    seq_holder=counselor_person,
+                    buttons=buttons,
                     dedupe_key=f"booking-reminder:{reminder.id}",
                 )
             )
@@ -1657,6 +1713,15 @@ async def export_bookings(session: AsyncSession, person: Person) -> tuple[str, A
 
 
 # Small helpers ---------------------------------------------------------------------------------
+
+
+def chat_start_button(engine: ConversationEngine, lang: str, booking: Booking, code: str) -> Button:
+    """The counselor's button that opens a booked chat session (and rejoins an open one)."""
+    return Button(
+        engine.catalogs.t(lang, "booking.button_chat_start", code=code),
+        "bchat.open",
+        str(booking.id),
+    )
 
 
 def _mark_buttons(t: Any, booking: Booking, code: str) -> list[Button]:

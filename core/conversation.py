@@ -287,6 +287,9 @@ class ConversationEngine:
         #: Feature modules settle what involves others just before the turn's person is erased
         #: (a booking cancelled, its counselor told); what they queue to others is sent.
         self.erasure_hooks: list[Callable[[Turn], Awaitable[None]]] = []
+        #: Feature modules may answer text typed outside any step first (True: answered), such
+        #: as a resident writing before their booked chat session is open.
+        self.free_text_hooks: list[Callable[[Turn, str], Awaitable[bool]]] = []
         #: Feature modules add a line about a person to staff cards (person id, staff language).
         self.case_lines: list[Callable[[AsyncSession, int, str], Awaitable[str]]] = []
         #: Reads text written in a group chat (a support room); nothing is ever said there.
@@ -484,6 +487,9 @@ class ConversationEngine:
             await handler(turn, text)
             return
         if turn.risk_level < RiskLevel.MODERATE:
+            for answer in self.free_text_hooks:
+                if await answer(turn, text):
+                    return
             turn.say("input.free_text")
             await self.prompt(turn)
 

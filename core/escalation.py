@@ -24,7 +24,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.access import Action, Role, may, roles_of
 from core.clock import as_utc
-from core.conversation import ConversationEngine, TriageVerdict, Turn
+from core.conversation import ConversationEngine, Handler, TriageVerdict, Turn
 from core.i18n import format_number
 from core.messages import Button, Outbound, Priority
 from core.models import AuditLog, Person, RoleGrant
@@ -171,7 +171,12 @@ class EscalationResponder:
             _safety_reply(turn, opened.escalation, signal.level)
             if opened.created or opened.raised:
                 await _post_card(turn, opened)
-            if (
+            holder = _other_holder(turn.engine, turn.person)
+            if holder is not None:
+                # A human already holds this conversation (a booked chat session): they read
+                # what raised the alarm, and the resident stays with them.
+                await holder(turn, excerpt)
+            elif (
                 signal.level == RiskLevel.HIGH
                 and signal.source == "triage"
                 and (turn.person.state != "risk_followup")
@@ -237,6 +242,15 @@ async def open_escalation(turn: Turn, signal: RiskSignal, excerpt: str) -> Opene
     await session.flush()
     _audit(turn, "escalation.open", escalation, f"{signal.source}:{RiskLevel(signal.level).label}")
     return Opened(escalation, created=True, raised=False)
+
+
+def _other_holder(engine: ConversationEngine, person: Person) -> Handler | None:
+    """The text handler of a holding state other than this module's own, where a human
+    (not the bot, and not an on-call counselor's relay) holds the resident's conversation."""
+    state = person.state
+    if state == "handover" or state in engine.untriaged_states:
+        return None
+    return engine.text_handlers.get(state) if state in engine.holding_states else None
 
 
 def _shareable_excerpt(person: Person, excerpt: str) -> str:
@@ -563,7 +577,8 @@ async def _claim(turn: Turn, arg: str) -> None:
     )
     turn.move(counselor, "relay", esc=escalation.id)
     if resident is not None:
-        turn.move(resident, "handover", esc=escalation.id)
+        if _other_holder(turn.engine, resident) is None:
+            turn.move(resident, "handover", esc=escalation.id)
         turn.send_to(
             resident,
             turn.engine.catalogs.t(resident.language, "escalation.connected"),
@@ -649,7 +664,7 @@ async def _resolve_outcome(turn: Turn, arg: str) -> None:
 async def _release(turn: Turn, escalation: Escalation) -> None:
     """Return the resident to the bot (with a safety-plan offer) and the counselor to the menu."""
     resident = await turn.session.get(Person, escalation.person_id)
-    if resident is not None:
+    if resident is not None and _other_holder(turn.engine, resident) is None:
         next_state = "menu" if resident.consent_version is not None else "limited"
         if resident.id == turn.person.id:
             turn.goto(next_state)
@@ -709,19 +724,31 @@ async def _prompt_relay(turn: Turn) -> None:
     turn.say("escalation.relay_active", code=escalation.case_code if escalation else "—")
 
 
-async def _counselor_holding(turn: Turn, what: str) -> None:
-    if what in turn.engine.commands and what in (
-        "note",
-        "queue",
-        "oncall",
-        "stats",
-        "grant",
-        "whoami",
-        "concern",
-    ):
+#: Staff commands that still work while a counselor talks with a resident through the bot.
+STAFF_COMMANDS_WHILE_TALKING = ("note", "queue", "oncall", "stats", "grant", "whoami", "concern")
+
+
+async def staff_command_while_talking(turn: Turn, what: str) -> bool:
+    """Run a staff command typed while holding a conversation; False when ``what`` is none."""
+    if what in turn.engine.commands and what in STAFF_COMMANDS_WHILE_TALKING:
         await turn.engine.commands[what](turn, turn.inbound.args)
-        return
-    await _prompt_relay(turn)
+        return True
+    return False
+
+
+async def _counselor_holding(turn: Turn, what: str) -> None:
+    if not await staff_command_while_talking(turn, what):
+        await _prompt_relay(turn)
+
+
+async def claimed_case(session: AsyncSession, person: Person) -> Escalation | None:
+    """The person's open escalation, when a counselor has claimed it."""
+    found = await session.exec(
+        select(Escalation)
+        .where(Escalation.open_person_id == person.id)
+        .where(col(Escalation.status) == "claimed")
+    )
+    return found.first()
 
 
 async def _resident_to_counselor(turn: Turn, text: str) -> None:
@@ -730,6 +757,11 @@ async def _resident_to_counselor(turn: Turn, text: str) -> None:
         turn.goto("menu" if turn.onboarded else "limited")
         await turn.prompt()
         return
+    await relay_to_claimer(turn, escalation, text)
+
+
+async def relay_to_claimer(turn: Turn, escalation: Escalation, text: str) -> None:
+    """Pass the resident's words to the counselor who claimed their case."""
     counselor = await turn.session.get(Person, escalation.claimed_by)
     if counselor is None:
         return

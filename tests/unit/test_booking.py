@@ -13,6 +13,7 @@ from sqlmodel import col, select
 
 from core.booking import (
     Booking,
+    BookingChat,
     BookingReminder,
     BookingWaitlist,
     Counselor,
@@ -21,11 +22,12 @@ from core.booking import (
     add_slots,
     send_due_reminders,
 )
+from core.booking_chat import close_due_chats
 from core.clock import FakeClock, as_utc
 from core.config import ConfigError, Settings, load_settings
 from core.db import Database
 from core.escalation import Escalation
-from core.models import AuditLog, Person
+from core.models import AuditLog, ButtonToken, OutboxMessage, Person, RoleGrant
 from core.privacy import export_person
 from core.services import Core, build_core
 from tests.drivers import EngineChat
@@ -712,3 +714,289 @@ async def test_a_counselor_erasing_their_data_tells_their_residents_kindly(core:
     assert labels[0] == "2026年1月7日 10:00（周三）"  # only the other counselor's time
     assert not any("1月6日" in label for label in labels)
     assert await bookings(core) == []
+
+
+# Chat sessions through the bot -----------------------------------------------------------------
+
+
+async def chat_booking(core: Core, name: str = "王老师") -> tuple[EngineChat, EngineChat, str]:
+    """A chat-meeting counselor (named ``name``) and a resident booked at 14:00 on Jan 6."""
+    c, r = await booked(core, meet="chat" + (f" name={name}" if name else ""))
+    await c.new_replies()
+    await r.new_replies()
+    return c, r, await case_code(core, "100")
+
+
+async def open_session(c: EngineChat, r: EngineChat, clock: FakeClock) -> None:
+    """At 14:00 the counselor opens the session from /slots (what it says is read here)."""
+    clock.set(local(14))
+    await c.command("slots")
+    await c.tap("开始与")
+    await r.new_replies()
+    await c.new_replies()
+
+
+async def state_of(core: Core, external_id: str) -> str:
+    async with core.db.session() as s:
+        return (await s.exec(select(Person).where(Person.external_id == external_id))).one().state
+
+
+async def chat_row(core: Core) -> BookingChat:
+    async with core.db.session() as s:
+        return (await s.exec(select(BookingChat))).one()
+
+
+async def test_a_chat_session_opens_relays_both_ways_pseudonymously_and_ends_with_a_note(
+    core: Core, clock: FakeClock
+) -> None:
+    c, r, code = await chat_booking(core)
+    clock.set(local(13))
+    assert await core.db.run(lambda s: send_due_reminders(s, core.engine, clock.now())) == 2
+    reminder = (await c.new_replies())[-1]
+    assert "文字会谈" in reminder.text and code in reminder.buttons[0][0]["label"]
+    await c.press(reminder.token("开始与"))
+    assert "13:50 起才能打开" in (await c.new_replies())[-1].text  # too early: nothing opens
+    assert await state_of(core, "100") == "menu"
+
+    clock.set(local(13, 55))
+    await c.press(reminder.token("开始与"))
+    opened = (await c.new_replies())[-1].text
+    assert "会谈已打开" in opened and code in opened and "睡眠" in opened
+    welcome = (await r.new_replies())[-1]
+    assert welcome.text.startswith("王老师已经在这里了") and "/end" in welcome.text
+    assert (await state_of(core, "100"), await state_of(core, "900")) == (
+        "bchat_resident",
+        "bchat_counselor",
+    )
+
+    await r.text("你好，我最近总是睡不好")
+    [relayed] = await c.new_replies()
+    assert relayed.text == f"💬 {code}：你好，我最近总是睡不好"
+    await c.text("你好，谢谢你来。最近大概几点睡？")
+    [back] = await r.new_replies()
+    assert back.text == "🧑‍⚕️ 王老师：你好，谢谢你来。最近大概几点睡？"
+    assert await case_code(core, "900") not in back.text
+
+    await r.command("menu")  # the bot's menus stay away while the session lasts
+    assert "正在和王老师文字会谈" in (await r.new_replies())[-1].text
+    await c.command("slots")
+    assert code in (await c.new_replies())[-1].text  # reminded whom they are talking with
+
+    clock.set(local(14, 40))
+    await c.command("end")
+    ended = (await c.new_replies())[-1]
+    assert "已结束（你结束了会谈）" in ended.text
+    assert "王老师结束了这次会谈" in (await r.new_replies())[-1].text
+    assert (await chat_row(core)).ended_by == "counselor"
+    assert (await state_of(core, "100"), await state_of(core, "900")) == ("menu", "menu")
+    await r.text("谢谢")  # back with the bot: nothing goes to the counselor any more
+    assert await c.new_replies() == []
+    await c.press(ended.token("已进行"))
+    await c.text("睡眠卫生，两周后再约")
+    [booking] = await bookings(core)
+    assert booking.status == "held" and booking.staff_note == "睡眠卫生，两周后再约"
+    clock.set(local(14, 50))  # the usual outcome question is not asked again
+    assert await core.db.run(lambda s: send_due_reminders(s, core.engine, clock.now())) == 0
+
+
+async def test_the_resident_ends_with_the_button_and_an_old_end_button_does_nothing(
+    core: Core, clock: FakeClock
+) -> None:
+    c, r, _ = await chat_booking(core, name="")
+    clock.set(local(14))
+    await c.command("slots")
+    await c.tap("开始与")
+    welcome = (await r.new_replies())[-1]
+    assert welcome.text.startswith("你的咨询师已经在这里了")
+    await c.text("你好")
+    assert (await r.new_replies())[-1].text == "🧑‍⚕️ 你的咨询师：你好"
+    await r.press(welcome.token("结束会谈"))
+    assert "会谈已结束" in (await r.new_replies())[-1].text
+    assert "已结束（来访者结束了会谈）" in (await c.new_replies())[-1].text
+    result = await r.press(welcome.token("结束会谈"))  # the same button again
+    assert result.notice is None
+    assert "已经结束了" in (await r.new_replies())[-1].text
+    await r.command("end")
+    assert "现在没有进行中的会谈" in (await r.new_replies())[-1].text
+    await c.command("end")
+    assert "现在没有进行中的会谈" in (await c.new_replies())[-1].text
+
+
+async def test_a_stale_start_button_and_someone_elses_session_are_refused(
+    core: Core, clock: FakeClock
+) -> None:
+    c, r, _ = await chat_booking(core)
+    other = await counselor(core, "901", meet="chat")
+    clock.set(local(13, 55))
+    await c.command("slots")
+    start = (await c.new_replies())[-1].token("开始与")
+    await r.command("privacy")  # nothing of the resident is shown to another counselor
+    result = await other.press(start)  # a token of someone else's
+    assert result.notice and "失效" in result.notice
+    assert await state_of(core, "100") == "menu"
+    [booking] = await bookings(core)
+    async with core.db.session() as s:  # the other counselor's own button, naming this booking
+        other_id = await person_pk(core, "901")
+        s.add(
+            ButtonToken(
+                token="forged-start-0001",
+                person_id=other_id,
+                action="bchat.open",
+                arg=str(booking.id),
+                state_seq=0,
+                created_at=clock.now(),
+            )
+        )
+        await s.commit()
+    await other.press("forged-start-0001")
+    assert "这不是你的会谈" in (await other.new_replies())[-1].text
+    assert await state_of(core, "100") == "menu"
+    async with core.db.session() as s:
+        refused = await s.exec(
+            select(AuditLog).where(AuditLog.action == "booking.chat_open.refused")
+        )
+        assert len(refused.all()) == 1
+
+    await c.press(start)
+    await c.command("end")
+    await c.new_replies()
+    await c.press(start)  # yesterday's button, the session over
+    assert "已经失效" in (await c.new_replies())[-1].text
+    assert await state_of(core, "900") == "menu"
+
+
+async def test_a_start_button_for_a_cancelled_booking_is_stale(
+    core: Core, clock: FakeClock
+) -> None:
+    c, r, _ = await chat_booking(core)
+    clock.set(local(13))
+    await core.db.run(lambda s: send_due_reminders(s, core.engine, clock.now()))
+    start = (await c.new_replies())[-1].token("开始与")
+    await c.command("slots")
+    await c.tap("已预约")
+    await c.tap("删除并取消")
+    assert "这不是你的原因" in (await r.new_replies())[-1].text
+    clock.set(local(13, 55))
+    await c.press(start)
+    assert "已经失效" in (await c.new_replies())[-1].text
+    assert await state_of(core, "100") == "menu"
+    async with core.db.session() as s:
+        assert (await s.exec(select(BookingChat))).all() == []
+
+
+async def test_a_resident_writing_before_the_session_opens_hears_when_and_how_to_get_help(
+    core: Core, clock: FakeClock
+) -> None:
+    _c, r, _ = await chat_booking(core)
+    await r.text("你好，咨询师在吗？")  # the day before
+    early = (await r.new_replies())[-1]
+    assert "2026年1月6日 14:00" in early.text and "010-82951332" in early.text
+    assert "我需要紧急帮助" in early.buttons[0][0]["label"]
+    clock.set(local(13, 50))
+    await r.text("我到了")
+    assert "文字会谈 14:00 开始" in (await r.new_replies())[-1].text
+    clock.set(local(14, 5))  # the counselor is late
+    await r.text("还没开始吗")
+    late = (await r.new_replies())[-1].text
+    assert "很快就会在这里打开对话" in late and "010-82951332" in late
+
+
+async def test_a_risky_message_in_a_session_raises_the_alert_and_reaches_the_counselor(
+    core: Core, clock: FakeClock
+) -> None:
+    c, r, code = await chat_booking(core)
+    await open_session(c, r, clock)
+    await r.text("我真的不想活了")
+    texts = [x.text for x in await r.new_replies()]
+    assert any("010-82951332" in t for t in texts)  # the safety reply, at once
+    [flagged] = await c.new_replies()
+    assert flagged.text.startswith(f"⚠️ {code}：我真的不想活了") and "预警卡片" in flagged.text
+    async with core.db.session() as s:
+        [escalation] = (await s.exec(select(Escalation))).all()
+        cards = await s.exec(select(OutboxMessage).where(OutboxMessage.chat_id == STAFF_CHAT))
+        assert any(code in row.text for row in cards.all())
+    assert escalation.person_id == await person_pk(core, "100")
+    assert await state_of(core, "100") == "bchat_resident"  # still with the counselor
+    await r.text("我现在在房间里")
+    assert (await c.new_replies())[-1].text == f"💬 {code}：我现在在房间里"
+    await r.command("sos")
+    assert "刚刚按了紧急求助" in (await c.new_replies())[-1].text
+
+
+async def test_an_on_call_claim_during_a_session_keeps_the_resident_there_and_reads_along(
+    core: Core, clock: FakeClock
+) -> None:
+    c, r, code = await chat_booking(core)
+    on_call = EngineChat(core, "950")
+    await on_call.onboard()
+    async with core.db.session() as s:
+        s.add(
+            RoleGrant(
+                person_id=await person_pk(core, "950"), role="counselor", granted_at=clock.now()
+            )
+        )
+        await s.commit()
+    core.engine.staff_member = _always_staff
+    clock.set(local(14))
+    await c.command("slots")
+    await c.tap("开始与")
+    await r.text("我想死")
+    [card, *_] = await EngineChat(core, STAFF_CHAT).all_replies()
+    await on_call.press(card.token("认领"))
+    assert await state_of(core, "100") == "bchat_resident"
+    await c.new_replies()
+    await on_call.new_replies()
+    await r.text("我在房间里")
+    assert (await c.new_replies())[-1].text == f"💬 {code}：我在房间里"
+    assert (await on_call.new_replies())[-1].text == f"💬 {code}：我在房间里"
+    await on_call.command("done")
+    await on_call.tap("安全")
+    assert await state_of(core, "100") == "bchat_resident"  # resolving leaves the session alone
+    await r.text("好一点了")
+    assert (await c.new_replies())[-1].text == f"💬 {code}：好一点了"
+
+
+async def _always_staff(_channel: str, _external_id: str) -> bool:
+    return True
+
+
+async def test_a_session_nobody_ends_is_closed_by_the_scheduler_after_its_time(
+    core: Core, clock: FakeClock
+) -> None:
+    c, r, code = await chat_booking(core)
+    await open_session(c, r, clock)
+
+    async def close() -> int:
+        return await core.db.run(lambda s: close_due_chats(s, core.engine, clock.now()))
+
+    clock.set(local(15, 19))  # the booked end is 14:50; closed 30 minutes after it
+    assert await close() == 0
+    clock.set(local(15, 20))
+    assert await close() == 1
+    assert await close() == 0
+    assert "对话已自动结束" in (await r.new_replies())[-1].text
+    asked = (await c.new_replies())[-1]
+    assert "超过预约时间后自动结束" in asked.text and code in asked.text
+    assert (await chat_row(core)).ended_by == "timeout"
+    assert (await state_of(core, "100"), await state_of(core, "900")) == ("menu", "menu")
+    await c.press(asked.token("未到场"))
+    await c.tap("不用了")
+    assert (await bookings(core))[0].status == "no_show"
+
+
+async def test_a_session_cannot_be_opened_while_the_resident_talks_with_the_on_call(
+    core: Core, clock: FakeClock
+) -> None:
+    c, _r, code = await chat_booking(core)
+    async with core.db.session() as s:
+        person = (await s.exec(select(Person).where(Person.external_id == "100"))).one()
+        person.state = "handover"
+        s.add(person)
+        await s.commit()
+    clock.set(local(14))
+    await c.command("slots")
+    await c.tap("开始与")
+    assert f"{code} 现在正在和值班咨询师交谈" in (await c.new_replies())[-1].text
+    assert await state_of(core, "100") == "handover"
+    async with core.db.session() as s:
+        assert (await s.exec(select(BookingChat))).all() == []
