@@ -1000,3 +1000,27 @@ async def test_a_session_cannot_be_opened_while_the_resident_talks_with_the_on_c
     assert await state_of(core, "100") == "handover"
     async with core.db.session() as s:
         assert (await s.exec(select(BookingChat))).all() == []
+
+
+async def test_an_english_speaking_resident_has_the_whole_session_in_english(
+    core: Core, clock: FakeClock
+) -> None:
+    c = await counselor(core, meet="chat", languages="zh_Hans,en")
+    await with_slots(c)
+    r = EngineChat(core, "100", language_hint="en")
+    await r.onboard("English")
+    for label in ("Book a counselor", "Tue 6 Jan", "14:00", "Skip", "Confirm"):
+        await r.tap(label)
+    await r.text("hello, is anyone there?")
+    early = (await r.new_replies())[-1].text
+    assert early.startswith("Your chat session starts at Tue 6 Jan 2026, 14:00")
+    assert "010-82951332" in early
+    await c.new_replies()
+    await open_session(c, r, clock)
+    await r.command("menu")
+    assert "Your counselor is with you in this session" in (await r.new_replies())[-1].text
+    await c.text("你好 / hello")
+    assert (await r.new_replies())[-1].text == "🧑‍⚕️ Your counselor: 你好 / hello"
+    await r.command("end")
+    assert (await r.new_replies())[-1].text.startswith("The session has ended. Thank you")
+    assert "来访者结束了会谈" in (await c.new_replies())[-1].text
