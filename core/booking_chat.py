@@ -18,7 +18,7 @@ own menus stay away; every message goes through the outbox.
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from sqlalchemy import update
 from sqlmodel import col, or_, select
@@ -33,6 +33,7 @@ from core.booking import (
     Counselor,
     _mark_buttons,
     booking_named,
+    chat_start_button,
     person_tz,
     time_label,
     when_label,
@@ -49,6 +50,9 @@ from core.safety import hotline_text
 RESIDENT = "bchat_resident"
 COUNSELOR = "bchat_counselor"
 END_WORDS = ("end", "bchat.end")
+#: A resident writing after their session's start reminds the counselor this often at most.
+NUDGE_EVERY = timedelta(minutes=5)
+NUDGED_KEY = "bchat_nudged"
 
 
 def register(engine: ConversationEngine, rules: BookingRules) -> None:
@@ -308,7 +312,35 @@ class ChatFlow:
             lines=hotline_text(turn, turn.site_or_default),
             buttons=[[turn.button("menu.sos", "sos")], [turn.menu_button()]],
         )
+        if turn.now >= starts:
+            await self._nudge_counselor(turn, booking)
         return True
+
+    async def _nudge_counselor(self, turn: Turn, booking: Booking) -> None:
+        """The session's time has come and the resident is writing: tell the counselor, with
+        the button that opens it (at most once every few minutes, however much they write)."""
+        last = turn.data.get(NUDGED_KEY)
+        if isinstance(last, dict) and last.get("booking") == booking.id:
+            since = turn.now - datetime.fromisoformat(str(last.get("at")))
+            if since < NUDGE_EVERY:
+                return
+        counselor = await turn.session.get(Person, booking.counselor_id)
+        if counselor is None:
+            return
+        lang = counselor.language or turn.engine.config.default_language
+        code = turn.person.case_code
+        turn.send_to(
+            counselor,
+            turn.engine.catalogs.t(
+                lang,
+                "booking.chat_resident_waiting",
+                code=code,
+                when=time_label(as_utc(booking.starts_at), lang, person_tz(turn.engine, counselor)),
+            ),
+            buttons=[[chat_start_button(turn.engine, lang, booking, code)]],
+            kind="booking",
+        )
+        turn.data[NUDGED_KEY] = {"booking": booking.id, "at": turn.now.isoformat()}
 
     async def before_erasure(self, turn: Turn) -> None:
         """A person about to be erased: any session of theirs ends without a word to them."""

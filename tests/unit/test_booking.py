@@ -887,7 +887,8 @@ async def test_a_start_button_for_a_cancelled_booking_is_stale(
 async def test_a_resident_writing_before_the_session_opens_hears_when_and_how_to_get_help(
     core: Core, clock: FakeClock
 ) -> None:
-    _c, r, _ = await chat_booking(core)
+    c, r, code = await chat_booking(core)
+    await c.new_replies()
     await r.text("你好，咨询师在吗？")  # the day before
     early = (await r.new_replies())[-1]
     assert "2026年1月6日 14:00" in early.text and "010-82951332" in early.text
@@ -899,6 +900,18 @@ async def test_a_resident_writing_before_the_session_opens_hears_when_and_how_to
     await r.text("还没开始吗")
     late = (await r.new_replies())[-1].text
     assert "很快就会在这里打开对话" in late and "010-82951332" in late
+    # Not before the start; once it has passed, the counselor is reminded with the Start button,
+    # at most once every five minutes however much the resident writes.
+    [nudge] = await c.new_replies()
+    assert nudge.text.startswith(f"⏰ {code} 已经在等 14:00 开始的文字会谈了")
+    assert code in nudge.buttons[0][0]["label"]
+    await r.text("你在吗")
+    assert await c.new_replies() == []
+    clock.set(local(14, 11))
+    await r.text("喂？")
+    assert [m.text[:1] for m in await c.new_replies()] == ["⏰"]
+    await c.press(nudge.buttons[0][0]["token"])
+    assert await state_of(core, "100") == "bchat_resident"
 
 
 async def test_a_risky_message_in_a_session_raises_the_alert_and_reaches_the_counselor(
