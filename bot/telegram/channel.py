@@ -12,6 +12,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from aiogram.types import CallbackQuery, Message, Update
 from aiogram.types.update import UpdateTypeLookupError
 
+from bot.telegram import generics  # noqa: F401  (aiogram's Response[...] classes kept alive)
 from bot.telegram.convert import callback_inbound, message_inbound
 from core.conversation import ConversationEngine
 from core.db import DatabaseUnavailable

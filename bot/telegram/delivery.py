@@ -18,6 +18,7 @@ from aiogram.exceptions import (
 from aiogram.types import BufferedInputFile, InlineKeyboardButton, InlineKeyboardMarkup
 from aiohttp import ClientError
 
+from bot.telegram import generics  # noqa: F401  (aiogram's Response[...] classes kept alive)
 from bot.telegram.convert import CALLBACK_PREFIX
 from core.models import OutboxMessage
 from core.outbox import SendOutcome
