@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -196,34 +196,77 @@ async def queue_many(
                 document = message.document if last else None
                 row = (*row, *(document or (None, None)))
             outbox_rows.append(row)
+    if len(token_rows) + len(outbox_rows) <= SMALL_BATCH:
+        await _insert_few(session, token_rows, outbox_rows, now, documents)
+        return len(outbox_rows)
     await insert_rows(
         session,
         ButtonToken.__table__,  # type: ignore[attr-defined]
-        ("token", "person_id", "action", "arg", "state_seq"),
+        _TOKEN_COLUMNS,
         token_rows,
         same={"created_at": now},
     )
     # Columns not named (hold_until, claimed_at, sent_at, platform_message_id, error, and the
     # document when no message has one) are NULL, as queue() leaves them.
-    columns = (
-        "channel",
-        "chat_id",
-        "chat_kind",
-        "person_id",
-        "priority",
-        "kind",
-        "text",
-        "buttons",
-        "dedupe_key",
-    )
     await insert_rows(
         session,
         OutboxMessage.__table__,  # type: ignore[attr-defined]
-        (*columns, "document_name", "document_body") if documents else columns,
+        (*_OUTBOX_COLUMNS, *_DOCUMENT_COLUMNS) if documents else _OUTBOX_COLUMNS,
         outbox_rows,
         same={"status": "pending", "attempts": 0, "due_at": now, "created_at": now},
     )
     return len(outbox_rows)
+
+
+#: Up to this many rows (tokens and messages together, a turn's replies), ``queue_many`` runs
+#: statements compiled once for the process (SQLAlchemy's cache) instead of compiling its own.
+SMALL_BATCH = 64
+_TOKEN_COLUMNS = ("token", "person_id", "action", "arg", "state_seq")
+_OUTBOX_COLUMNS = (
+    "channel",
+    "chat_id",
+    "chat_kind",
+    "person_id",
+    "priority",
+    "kind",
+    "text",
+    "buttons",
+    "dedupe_key",
+)
+_DOCUMENT_COLUMNS = ("document_name", "document_body")
+_INSERT_TOKENS = ButtonToken.__table__.insert()  # type: ignore[attr-defined]
+_INSERT_OUTBOX = OutboxMessage.__table__.insert()  # type: ignore[attr-defined]
+
+
+async def _insert_few(
+    session: AsyncSession,
+    token_rows: Sequence[tuple[object, ...]],
+    outbox_rows: Sequence[tuple[object, ...]],
+    now: datetime,
+    documents: bool,
+) -> None:
+    """``queue_many``'s rows, a turn's few: one executemany per table, every row with the same
+    keys, so that each statement is compiled once for the process."""
+    if token_rows:
+        await session.execute(
+            _INSERT_TOKENS,
+            [
+                {**dict(zip(_TOKEN_COLUMNS, row, strict=True)), "created_at": now}
+                for row in token_rows
+            ],
+        )
+    if not outbox_rows:  # an empty executemany would insert one row of defaults
+        return
+    same = {"status": "pending", "attempts": 0, "due_at": now, "created_at": now}
+    columns = (*_OUTBOX_COLUMNS, *_DOCUMENT_COLUMNS)
+    plain = (None, None)
+    await session.execute(
+        _INSERT_OUTBOX,
+        [
+            {**dict(zip(columns, row if documents else (*row, *plain), strict=True)), **same}
+            for row in outbox_rows
+        ],
+    )
 
 
 class TokenBucket:
@@ -377,6 +420,21 @@ def backoff(attempts: int) -> float:
     return float(min(MAX_BACKOFF, 2 ** min(attempts, 10)))
 
 
+_OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
+#: Marks one sent row (executed for many at once): bind ``row_id`` and ``message_id``.
+_RECORD_SENT = (
+    _OUTBOX.update()
+    .where(_OUTBOX.c.id == bindparam("row_id"))
+    .values(
+        status="sent",
+        attempts=_OUTBOX.c.attempts + 1,
+        claimed_at=None,
+        platform_message_id=bindparam("message_id"),
+        error=None,
+    )
+)
+
+
 class DeliveryWorker:
     """Sends one channel's outbox rows, in priority order, within its rate limits."""
 
@@ -405,6 +463,8 @@ class DeliveryWorker:
         self.stale_claim = stale_claim if stale_claim is not None else STALE_CLAIM
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
+        self._outcomes: list[tuple[OutboxMessage, SendOutcome, asyncio.Future[None]]] = []
+        self._recorder: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
         """Tell the worker there may be something new to send."""
@@ -534,7 +594,61 @@ class DeliveryWorker:
         except Exception as exc:  # a sender bug must not lose the row
             log.exception("%s sender raised for outbox row %s", self.channel, row.id)
             outcome = SendOutcome("retry", error=f"{type(exc).__name__}: {exc}"[:500])
-        await self.db.run(lambda s: self._record(s, row, outcome))
+        await self._record_soon(row, outcome)
+
+    async def _record_soon(self, row: OutboxMessage, outcome: SendOutcome) -> None:
+        """Record ``outcome`` with the others that finished meanwhile; wait until committed.
+
+        Outcomes are recorded together, in one transaction per round: while one round commits,
+        the sends that finish wait for the next, which starts as soon as it ends (no timer, so
+        a crisis row is recorded at once when nothing else is being recorded). Until its
+        round commits, a sent row stays ``sending``: a worker killed in between leaves it to
+        ``release_stale_claims`` and it is sent again after ``stale_claim`` (at least once).
+        """
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outcomes.append((row, outcome, done))
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.create_task(self._record_rounds())
+        await done
+
+    async def _record_rounds(self) -> None:
+        while self._outcomes:
+            batch, self._outcomes = self._outcomes, []
+            try:
+                await self.db.run(lambda s, b=batch: self._record_all(s, b))  # type: ignore[misc]
+            except BaseException as exc:
+                for _row, _outcome, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    raise
+            else:
+                for _row, _outcome, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+
+    async def _record_all(
+        self,
+        session: AsyncSession,
+        batch: Sequence[tuple[OutboxMessage, SendOutcome, asyncio.Future[None]]],
+    ) -> None:
+        now = self.clock.now()
+        sent = [
+            {"row_id": row.id, "message_id": outcome.message_id}
+            for row, outcome, _done in batch
+            if outcome.status == "sent"
+        ]
+        if sent:
+            # One statement for every row that went out (a row erased with its person while in
+            # flight matches nothing).
+            await session.execute(
+                _RECORD_SENT.values(sent_at=now),
+                sent,
+                execution_options={"synchronize_session": False},
+            )
+        for row, outcome, _done in batch:
+            if outcome.status != "sent":
+                await self._record(session, row, outcome)
 
     async def _record(
         self, session: AsyncSession, row: OutboxMessage, outcome: SendOutcome
