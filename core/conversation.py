@@ -20,11 +20,11 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.access import Action, Role, may, roles_of
 from core.clock import Clock
-from core.db import Database
+from core.db import Database, insert_if_new
 from core.i18n import Catalogs
 from core.messages import Button, HandleResult, Inbound, InboundKind, Outbound, Priority
 from core.models import ButtonToken, InboundSeen, Person, WebTranscript
-from core.outbox import queue
+from core.outbox import queue, queue_many
 from core.risk import RiskLevel, RiskSignal
 from core.safety import HotlineResponder, RiskResponder
 from core.sites import Site, SiteDirectory
@@ -354,10 +354,9 @@ class ConversationEngine:
         now = self.clock.now()
         if inbound.update_key:
             key = inbound.update_key[:96]
-            seen = await session.get(InboundSeen, (inbound.channel, key))
-            if seen is not None:
+            seen = {"channel": inbound.channel, "key": key, "seen_at": now}
+            if not await insert_if_new(session, InboundSeen.__table__, seen):  # type: ignore[attr-defined]
                 return HandleResult(duplicate=True)
-            session.add(InboundSeen(channel=inbound.channel, key=key, seen_at=now))
         person = await self._person(session, inbound, now)
         roles = await roles_of(session, person, self.config.admins.get(inbound.channel, set()))
         turn = Turn(self, session, person, inbound, now, roles)
@@ -533,7 +532,7 @@ class ConversationEngine:
             person.state_seq += 1
         person.state_data = json.dumps(turn.data, ensure_ascii=False)
         turn.session.add(person)
-        await queue(turn.session, turn.out, turn.now, person.state_seq)
+        await queue_many(turn.session, turn.out, turn.now, person.state_seq)
 
     def visible_menu(self, turn: Turn) -> list[MenuEntry]:
         """The main-menu entries this person sees."""
