@@ -50,6 +50,8 @@ from _harness import (
     start_bot,
 )
 
+from bot.runtime import TELEGRAM_URGENT_RESERVE  # importable once _harness put the root on the path
+
 BROADCAST_TEXT = "今晚八点有线上放松小组，欢迎参加。"
 CRISIS_TEXT = "我不想活了"
 ORDINARY = ("你好", "今天有点累", "/menu", "谢谢")
@@ -241,8 +243,8 @@ async def main() -> None:
     parser.add_argument(
         "--urgent-reserve",
         type=int,
-        default=0,
-        help="RateLimits.urgent_reserve for Anxin (0 = as deployed today)",
+        default=TELEGRAM_URGENT_RESERVE,
+        help=f"RateLimits.urgent_reserve for Anxin (as deployed: {TELEGRAM_URGENT_RESERVE})",
     )
     args = parser.parse_args()
     print(machine())

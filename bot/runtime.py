@@ -47,6 +47,11 @@ ROLES: dict[str, dict[str, bool]] = {
 }
 
 
+#: Telegram sends of each second kept for crisis and escalation rows (RateLimits.urgent_reserve):
+#: a crisis arriving while replies and a broadcast fill the 30 a second goes at once, and a
+#: broadcast still gets 29 a second (bench/README.md, (b) and (c)).
+TELEGRAM_URGENT_RESERVE = 1
+
 OUTBOX_CHANNEL = "anxin_outbox"
 WEB_CHANNEL = "anxin_web"
 
@@ -132,7 +137,7 @@ class Runtime:
                 db,
                 TelegramSender(telegram.bot),
                 clock,
-                telegram_limits or RateLimits(),
+                telegram_limits or RateLimits(urgent_reserve=TELEGRAM_URGENT_RESERVE),
                 hold=QuietHold(QuietHours.from_text(settings.quiet_hours), core.sites),
                 stale_claim=timedelta(seconds=settings.outbox_stale_claim_seconds),
             )

@@ -18,6 +18,7 @@ from aiogram.client.session.aiohttp import AiohttpSession
 from aiogram.client.telegram import TelegramAPIServer
 from sqlmodel import col, select
 
+from bot.runtime import TELEGRAM_URGENT_RESERVE
 from bot.telegram.delivery import TelegramSender
 from core.clock import FakeClock, as_utc
 from core.db import Database
@@ -267,6 +268,7 @@ async def test_flood_limits_hold_per_chat_and_overall(rig: Rig) -> None:
     await rig.queue(*(text(c, f"科普 {c}", Priority.BROADCAST) for c in crowd))
     await rig.queue(*(text(busy, f"消息 {i}") for i in range(6)))
     rig.api.enforce_limits(global_per_second=30, per_chat_per_second=1, per_chat_burst=3)
+    rig.make_worker(urgent_reserve=TELEGRAM_URGENT_RESERVE)  # as deployed
 
     await rig.drain(step=0.1)
     sends = rig.sends()
@@ -275,10 +277,11 @@ async def test_flood_limits_hold_per_chat_and_overall(rig: Rig) -> None:
     start = sends[0].time
     per_second = Counter(int(c.time - start) for c in sends)
     busy_per_second = Counter(int(c.time - start) for c in sends if c.params["chat_id"] == busy)
-    # At most 30 in any simulated second overall, and in any one-second stretch.
-    assert max(per_second.values()) == 30
+    # At most 29 in any simulated second overall, and in any one-second stretch: Telegram's 30
+    # less the send each second keeps for crisis and escalation rows (none here).
+    assert max(per_second.values()) == 29
     times = [c.time for c in sends]
-    assert all(later - earlier >= 1.0 for earlier, later in zip(times, times[30:], strict=False))
+    assert all(later - earlier >= 1.0 for earlier, later in zip(times, times[29:], strict=False))
     # One chat: 1 a second, with Telegram's short burst of 3 (n sends need n - 3 seconds).
     assert max(busy_per_second.values()) <= 3
     busy_times = [c.time for c in sends if c.params["chat_id"] == busy]

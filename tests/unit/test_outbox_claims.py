@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pytest
+
+from bot.runtime import TELEGRAM_URGENT_RESERVE
 from core.clock import FakeClock
 from core.db import Database
 from core.messages import Outbound, Priority
@@ -58,7 +61,25 @@ async def test_crisis_rows_jump_the_queue_but_a_chat_keeps_its_order(
     crisis = Outbound("telegram", "7", "call now", priority=Priority.CRISIS)
     await db.run(lambda s: queue(s, [*broadcasts, crisis], clock.now()))
     sender = RecordingSender()
-    worker = DeliveryWorker(db, sender, clock, RateLimits(monotonic=Monotonic()), batch=500)
+    limits = RateLimits(monotonic=Monotonic(), urgent_reserve=TELEGRAM_URGENT_RESERVE)
+    worker = DeliveryWorker(db, sender, clock, limits, batch=500)
     await worker.deliver_due()
     assert sender.sent[0] == ("7", "call now")
-    assert len(sender.sent) == 30  # the overall limit of one second
+    # The overall limit of one second, less the send kept for crisis and escalation rows,
+    # which the crisis itself may use: the crisis and 28 broadcasts.
+    assert len(sender.sent) == 29
+
+
+def test_a_worker_that_left_the_reserve_free_waits_for_the_window_not_its_fallback() -> None:
+    tick = Monotonic()
+    limits = RateLimits(monotonic=tick, urgent_reserve=1)
+    for n in range(29):
+        assert limits.allows(str(n), "private", urgent=False)
+        limits.spend(str(n), "private")
+        tick.now += 0.01
+    assert not limits.allows("more", "private", urgent=False)
+    assert limits.allows("crisis", "private", urgent=True)  # the 30th send is the reserve
+    # The first of the 29 leaves the one-second window 0.71 s from now; then the next fits.
+    assert limits.global_wait() == pytest.approx(0.71)
+    tick.now += 0.72
+    assert limits.allows("more", "private", urgent=False)
