@@ -36,14 +36,13 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy import select as core_select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.sql.elements import ColumnElement
 from sqlmodel import Field, SQLModel, col, func, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.access import Action
 from core.assessment import CALM_BANDS, AssessmentResult
-from core.bulk import update_rows
+from core.bulk import insert_returning, update_rows
 from core.clock import as_utc
 from core.conversation import ConversationEngine, MenuEntry, Turn
 from core.escalation import Escalation
@@ -816,7 +815,9 @@ async def send_due_checkins(
         )
         .where(col(CheckinPlan.status).in_(("active", "paused")))
         .where(col(CheckinPlan.next_due_at) <= now)
-        .order_by(col(CheckinPlan.next_due_at))
+        # The index's own order: read straight from it, where ordering by the time alone
+        # would sort every due plan for each batch (on PostgreSQL, under FOR UPDATE, on disk).
+        .order_by(col(CheckinPlan.status), col(CheckinPlan.next_due_at))
         .limit(limit)
     )
     if not engine.db.is_sqlite:
@@ -875,31 +876,29 @@ async def send_due_checkins(
     queued = 0
     if sending:
         # A check-in already sent today (only if the plan was moved by hand) is not sent twice.
-        insert = sqlite.insert if engine.db.is_sqlite else postgresql.insert
-        table = Checkin.__table__  # type: ignore[attr-defined]
-        added = await session.execute(
-            insert(table)
-            .on_conflict_do_nothing(index_elements=["person_id", "local_date"])
-            .returning(table.c.id, table.c.person_id),
-            [
-                {
-                    "person_id": person.id,
-                    "site_code": person.site_code,
-                    "local_date": local_date,
-                    "sent_at": now,
-                }
-                for person, local_date in sending
-            ],
+        added = await insert_returning(
+            session,
+            Checkin.__table__,  # type: ignore[attr-defined]
+            ("person_id", "site_code", "local_date"),
+            [(person.id, person.site_code, local_date) for person, local_date in sending],
+            ("id", "person_id"),
+            same={"sent_at": now},
+            skip_conflicts_on=("person_id", "local_date"),
         )
-        checkin_ids = {int(person_id): int(checkin_id) for checkin_id, person_id in added.all()}
+        checkin_ids = {int(person_id): int(checkin_id) for checkin_id, person_id in added}
         texts: dict[str, tuple[str, list[str]]] = {}
-        out = [
-            _checkin_message(engine, person, checkin_ids[person.id], texts)
-            for person, _local in sending
-            if person.id in checkin_ids
-        ]
-        queued = len(out)
-        await queue_many(session, out, now)
+        # A generator: each message is made, turned into rows and dropped, so thousands of
+        # short-lived objects never reach the garbage collector's older generations.
+        await queue_many(
+            session,
+            (
+                _checkin_message(engine, person, checkin_ids[person.id], texts)
+                for person, _local in sending
+                if person.id in checkin_ids
+            ),
+            now,
+        )
+        queued = len(checkin_ids)
     await update_rows(
         session,
         CheckinPlan.__table__,  # type: ignore[attr-defined]

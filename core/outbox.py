@@ -14,7 +14,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Protocol
@@ -140,23 +140,24 @@ async def _draw_buttons(
 
 
 async def queue_many(
-    session: AsyncSession, messages: Sequence[Outbound], now: datetime, state_seq: int | None = None
+    session: AsyncSession,
+    messages: Iterable[Outbound],
+    now: datetime,
+    state_seq: int | None = None,
 ) -> int:
     """``queue`` for batches: the same rows and tokens, one INSERT per table, no ORM objects.
 
     For sweeps that queue thousands of messages in one transaction (check-ins). The rows are
     column for column what ``queue`` adds (button tokens from the same random source, bound to
     the same person and ``state_seq``), sent with the driver's executemany (``core.bulk``);
-    their ids are not returned. Returns the outbox rows added.
+    their ids are not returned. ``messages`` is read once, so a generator keeps only one
+    message alive at a time. Returns the outbox rows added.
     """
     from core.bulk import insert_rows  # here, so that this function is all queue_many adds
 
-    count = sum(len(line) for message in messages for line in message.buttons)
-    # token_urlsafe(12) per button, drawn at once: 12 bytes are 16 base64 characters, no padding.
-    raw = secrets.token_urlsafe(12 * count)
-    tokens = iter([raw[i : i + 16] for i in range(0, 16 * count, 16)])
     labels: dict[str, str] = {}  # a label as JSON, for json.dumps(drawn)'s exact text
-    documents = any(message.document for message in messages)
+    # token_urlsafe(12) per button, drawn 1,024 at a time: 12 bytes are 16 characters.
+    raw, at = "", 0
     token_rows: list[tuple[object, ...]] = []
     outbox_rows: list[tuple[object, ...]] = []
     for message in messages:
@@ -167,7 +168,9 @@ async def queue_many(
             for button in line:
                 if message.person_id is None and button.scope != "staff":
                     raise ValueError("buttons need a person to bind their tokens to")
-                token = next(tokens)
+                if at == len(raw):
+                    raw, at = secrets.token_urlsafe(12 * 1024), 0
+                token, at = raw[at : at + 16], at + 16
                 person_id = None if button.scope == "staff" else message.person_id
                 token_rows.append((token, person_id, button.action, button.arg, seq))
                 label = labels.get(button.label)
@@ -179,94 +182,53 @@ async def queue_many(
         parts = split_text(message.text) if message.text else [""]
         for index, part in enumerate(parts):
             last = index == len(parts) - 1
-            row = (
-                message.channel,
-                message.chat_id,
-                message.chat_kind,
-                message.person_id,
-                int(message.priority),
-                message.kind,
-                part,
-                "[" + ", ".join(drawn) + "]" if last else "[]",
-                f"{message.dedupe_key}#{index}"
-                if message.dedupe_key and index
-                else message.dedupe_key,
+            document = message.document if last else None
+            outbox_rows.append(
+                (
+                    message.channel,
+                    message.chat_id,
+                    message.chat_kind,
+                    message.person_id,
+                    int(message.priority),
+                    message.kind,
+                    part,
+                    "[" + ", ".join(drawn) + "]" if last else "[]",
+                    document[0] if document else None,
+                    document[1] if document else None,
+                    f"{message.dedupe_key}#{index}"
+                    if message.dedupe_key and index
+                    else message.dedupe_key,
+                )
             )
-            if documents:
-                document = message.document if last else None
-                row = (*row, *(document or (None, None)))
-            outbox_rows.append(row)
-    if len(token_rows) + len(outbox_rows) <= SMALL_BATCH:
-        await _insert_few(session, token_rows, outbox_rows, now, documents)
-        return len(outbox_rows)
     await insert_rows(
         session,
         ButtonToken.__table__,  # type: ignore[attr-defined]
-        _TOKEN_COLUMNS,
+        ("token", "person_id", "action", "arg", "state_seq"),
         token_rows,
         same={"created_at": now},
     )
-    # Columns not named (hold_until, claimed_at, sent_at, platform_message_id, error, and the
-    # document when no message has one) are NULL, as queue() leaves them.
+    # Columns not named (hold_until, claimed_at, sent_at, platform_message_id, error) are
+    # NULL, as queue() leaves them.
     await insert_rows(
         session,
         OutboxMessage.__table__,  # type: ignore[attr-defined]
-        (*_OUTBOX_COLUMNS, *_DOCUMENT_COLUMNS) if documents else _OUTBOX_COLUMNS,
+        (
+            "channel",
+            "chat_id",
+            "chat_kind",
+            "person_id",
+            "priority",
+            "kind",
+            "text",
+            "buttons",
+            "document_name",
+            "document_body",
+            "dedupe_key",
+        ),
         outbox_rows,
         same={"status": "pending", "attempts": 0, "due_at": now, "created_at": now},
     )
     return len(outbox_rows)
-
-
-#: Up to this many rows (tokens and messages together, a turn's replies), ``queue_many`` runs
-#: statements compiled once for the process (SQLAlchemy's cache) instead of compiling its own.
-SMALL_BATCH = 64
-_TOKEN_COLUMNS = ("token", "person_id", "action", "arg", "state_seq")
-_OUTBOX_COLUMNS = (
-    "channel",
-    "chat_id",
-    "chat_kind",
-    "person_id",
-    "priority",
-    "kind",
-    "text",
-    "buttons",
-    "dedupe_key",
-)
-_DOCUMENT_COLUMNS = ("document_name", "document_body")
-_INSERT_TOKENS = ButtonToken.__table__.insert()  # type: ignore[attr-defined]
-_INSERT_OUTBOX = OutboxMessage.__table__.insert()  # type: ignore[attr-defined]
-
-
-async def _insert_few(
-    session: AsyncSession,
-    token_rows: Sequence[tuple[object, ...]],
-    outbox_rows: Sequence[tuple[object, ...]],
-    now: datetime,
-    documents: bool,
-) -> None:
-    """``queue_many``'s rows, a turn's few: one executemany per table, every row with the same
-    keys, so that each statement is compiled once for the process."""
-    if token_rows:
-        await session.execute(
-            _INSERT_TOKENS,
-            [
-                {**dict(zip(_TOKEN_COLUMNS, row, strict=True)), "created_at": now}
-                for row in token_rows
-            ],
-        )
-    if not outbox_rows:  # an empty executemany would insert one row of defaults
-        return
-    same = {"status": "pending", "attempts": 0, "due_at": now, "created_at": now}
-    columns = (*_OUTBOX_COLUMNS, *_DOCUMENT_COLUMNS)
-    plain = (None, None)
-    await session.execute(
-        _INSERT_OUTBOX,
-        [
-            {**dict(zip(columns, row if documents else (*row, *plain), strict=True)), **same}
-            for row in outbox_rows
-        ],
-    )
 
 
 class TokenBucket:
