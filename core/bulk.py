@@ -64,8 +64,8 @@ async def insert_returning(
     names, width = tuple(constants), len(columns)
     suffix = _suffix(dialect, tuple(skip_conflicts_on), tuple(returning))
     if dialect.name == "postgresql":
-        sql, converters, fixed = _unnest_plan(dialect, table, None, tuple(columns), names)
-        arrays = _arrays(rows, converters, names, fixed, constants)
+        arrays, uniform = _pg_params(dialect, table, tuple(columns), rows, constants, None)
+        sql = _unnest_plan(dialect, table, None, tuple(columns), names, uniform)
         result = await connection.exec_driver_sql(sql + suffix, arrays)
         return [tuple(row) for row in result.all()]
     if dialect.paramstyle != "qmark":
@@ -119,8 +119,10 @@ async def _write(
     dialect = connection.dialect
     names = tuple(constants)
     if dialect.name == "postgresql":
-        sql, converters, fixed = _unnest_plan(dialect, table, key, columns, names)
-        await connection.exec_driver_sql(sql, _arrays(rows, converters, names, fixed, constants))
+        arrays, uniform = _pg_params(dialect, table, columns, rows, constants, key)
+        await connection.exec_driver_sql(
+            _unnest_plan(dialect, table, key, columns, names, uniform), arrays
+        )
         return
     sql, picks, converters, fixed = _executemany_plan(dialect, table, key, columns, names)
     if any(converters):
@@ -141,23 +143,43 @@ async def _write(
     await connection.exec_driver_sql(sql, params)
 
 
-def _arrays(
+def _pg_params(
+    dialect: Dialect,
+    table: Table,
+    columns: tuple[str, ...],
     rows: Sequence[tuple[Any, ...]],
-    converters: Sequence[Convert | None],
-    names: Sequence[str],
-    fixed: Sequence[Convert | None],
     constants: Mapping[str, Any],
-) -> tuple[Any, ...]:
-    """PostgreSQL: an array of each column's converted values, then the constants."""
-    arrays: list[Any] = []
-    for i, convert in enumerate(converters):
+    key: str | None,
+) -> tuple[tuple[Any, ...], frozenset[int]]:
+    """PostgreSQL: each column's converted values as an array, or as one value where every
+    row has the same (fewer values for the driver to encode), then the constants; and which
+    columns went as one value."""
+    params: list[Any] = []
+    uniform: set[int] = set()
+    for i, convert in enumerate(_converters(dialect, table, columns)):
         values = [row[i] for row in rows]
         if convert is not None:
             memo = _memo(convert)
             values = [memo(value) for value in values]
-        arrays.append(values)
-    tail = [_apply(convert, constants[name]) for name, convert in zip(names, fixed, strict=True)]
-    return (*arrays, *tail)
+        if len(values) > 1 and columns[i] != key and values.count(values[0]) == len(values):
+            uniform.add(i)
+            params.append(values[0])
+        else:
+            params.append(values)
+    if len(uniform) == len(columns):  # unnest needs one array
+        uniform.discard(0)
+        params[0] = [params[0]] * len(rows)
+    names = tuple(constants)
+    fixed = _converters(dialect, table, names)
+    params += [_apply(convert, constants[n]) for n, convert in zip(names, fixed, strict=True)]
+    return tuple(params), frozenset(uniform)
+
+
+@lru_cache(maxsize=256)
+def _converters(
+    dialect: Dialect, table: Table, columns: tuple[str, ...]
+) -> tuple[Convert | None, ...]:
+    return tuple(_processor(table, name, dialect) for name in columns)
 
 
 @lru_cache(maxsize=64)
@@ -216,16 +238,18 @@ def _executemany_plan(
     return compiled.string, picks, converters, fixed
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=256)
 def _unnest_plan(
     dialect: Dialect,
     table: Table,
     key: str | None,
     columns: tuple[str, ...],
     constants: tuple[str, ...],
-) -> tuple[str, list[Convert | None], list[Convert | None]]:
+    uniform: frozenset[int],
+) -> str:
     """PostgreSQL: INSERT (``key`` None) or UPDATE by ``key`` with every row in one statement;
-    its parameters are an array per column, then the constants."""
+    its parameters are an array per column (one value for the ``uniform`` ones), then the
+    constants."""
     quote = dialect.identifier_preparer.quote
     number = iter(range(1, len(columns) + len(constants) + 1))
 
@@ -233,22 +257,26 @@ def _unnest_plan(
         kind = table.c[name].type.compile(dialect=dialect)
         return f"${next(number)}::{kind}{'[]' if array else ''}"
 
-    arrays = [typed(name, True) for name in columns]
+    arrays: list[str] = []
+    value: list[str] = []  # what each column takes: u.cN from the arrays, or its one value
+    for i, name in enumerate(columns):
+        if i in uniform:
+            value.append(typed(name, False))
+        else:
+            value.append(f"u.c{len(arrays)}")
+            arrays.append(typed(name, True))
     fixed = [typed(name, False) for name in constants]
-    aliases = ", ".join(f"c{i}" for i in range(len(columns)))
+    aliases = ", ".join(f"c{i}" for i in range(len(arrays)))
     source = f"unnest({', '.join(arrays)}) AS u({aliases})"
     target = dialect.identifier_preparer.format_table(table)
     if key is None:
         names = ", ".join(quote(name) for name in [*columns, *constants])
-        selected = ", ".join([*(f"u.c{i}" for i in range(len(columns))), *fixed])
-        sql = f"INSERT INTO {target} ({names}) SELECT {selected} FROM {source}"
-    else:
-        sets = [f"{quote(name)} = u.c{i}" for i, name in enumerate(columns) if name != key]
-        sets += [f"{quote(name)} = {value}" for name, value in zip(constants, fixed, strict=True)]
-        where = f"{target}.{quote(key)} = u.c{columns.index(key)}"
-        sql = f"UPDATE {target} SET {', '.join(sets)} FROM {source} WHERE {where}"
-    converters = [_processor(table, name, dialect) for name in columns]
-    return sql, converters, [_processor(table, name, dialect) for name in constants]
+        selected = ", ".join([*value, *fixed])
+        return f"INSERT INTO {target} ({names}) SELECT {selected} FROM {source}"
+    sets = [f"{quote(name)} = {v}" for name, v in zip(columns, value, strict=True) if name != key]
+    sets += [f"{quote(name)} = {v}" for name, v in zip(constants, fixed, strict=True)]
+    where = f"{target}.{quote(key)} = {value[columns.index(key)]}"
+    return f"UPDATE {target} SET {', '.join(sets)} FROM {source} WHERE {where}"
 
 
 def _memo(convert: Convert) -> Convert:

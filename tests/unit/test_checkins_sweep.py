@@ -23,7 +23,7 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core import checkins
 from core.assessment import AssessmentResult
-from core.bulk import insert_rows
+from core.bulk import insert_rows, update_rows
 from core.checkins import Checkin, CheckinPlan
 from core.clock import FakeClock, as_utc
 from core.config import Settings
@@ -455,3 +455,34 @@ async def test_bulk_insert_stores_times_as_sqlalchemy_does(core: Core) -> None:
     async with core.db.session() as s:
         stored = {t.token: t.created_at for t in (await s.exec(select(ButtonToken))).all()}
     assert stored["bulk-utc"] == stored["orm-utc"] and stored["bulk-sh"] == stored["orm-sh"]
+
+
+async def test_bulk_rows_with_columns_the_same_in_every_row_or_not(core: Core) -> None:
+    """On PostgreSQL a column with one value in every row goes as that value, not an array."""
+    table = ButtonToken.__table__  # type: ignore[attr-defined]
+    columns = ("token", "person_id", "action", "arg", "state_seq")
+
+    async def write(session: AsyncSession) -> None:
+        await insert_rows(
+            session,
+            table,
+            columns,
+            [("t1", None, "same", "", 1), ("t2", None, "same", "", 2), ("t3", None, "same", "", 3)],
+            same={"created_at": NOW},
+        )
+        await update_rows(
+            session, table, ("token", "arg"), [("t1", "x"), ("t2", "x")], same={"state_seq": 9}
+        )
+        await update_rows(session, table, ("token", "action", "arg"), [("t3", "one", "y")])
+
+    await core.db.run(write)
+    async with core.db.session() as s:
+        stored = {
+            t.token: (t.person_id, t.action, t.arg, t.state_seq, as_utc(t.created_at))
+            for t in (await s.exec(select(ButtonToken))).all()
+        }
+    assert stored == {
+        "t1": (None, "same", "x", 9, NOW),
+        "t2": (None, "same", "x", 9, NOW),
+        "t3": (None, "one", "y", 3, NOW),
+    }
