@@ -28,6 +28,9 @@ from sqlmodel.ext.asyncio.session import AsyncSession
 Convert = Callable[[Any], Any]
 #: Parameters in one SQLite statement (SQLITE_MAX_VARIABLE_NUMBER since SQLite 3.32).
 SQLITE_VARIABLES = 32766
+#: PostgreSQL: from this many rows a column with one value in every row is sent as that value
+#: (fewer statement variants for the few rows of a turn).
+UNIFORM_ROWS = 16
 
 
 async def insert_rows(
@@ -161,7 +164,11 @@ def _pg_params(
         if convert is not None:
             memo = _memo(convert)
             values = [memo(value) for value in values]
-        if len(values) > 1 and columns[i] != key and values.count(values[0]) == len(values):
+        if (
+            len(values) >= UNIFORM_ROWS
+            and columns[i] != key
+            and values.count(values[0]) == len(values)
+        ):
             uniform.add(i)
             params.append(values[0])
         else:

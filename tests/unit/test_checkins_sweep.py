@@ -467,13 +467,17 @@ async def test_bulk_rows_with_columns_the_same_in_every_row_or_not(core: Core) -
             session,
             table,
             columns,
-            [("t1", None, "same", "", 1), ("t2", None, "same", "", 2), ("t3", None, "same", "", 3)],
+            [(f"t{n}", None, "same", "", n) for n in range(1, 21)],
             same={"created_at": NOW},
         )
         await update_rows(
-            session, table, ("token", "arg"), [("t1", "x"), ("t2", "x")], same={"state_seq": 9}
+            session,
+            table,
+            ("token", "arg"),
+            [(f"t{n}", "x") for n in range(1, 20)],
+            same={"state_seq": 9},
         )
-        await update_rows(session, table, ("token", "action", "arg"), [("t3", "one", "y")])
+        await update_rows(session, table, ("token", "action", "arg"), [("t20", "one", "y")])
 
     await core.db.run(write)
     async with core.db.session() as s:
@@ -481,8 +485,6 @@ async def test_bulk_rows_with_columns_the_same_in_every_row_or_not(core: Core) -
             t.token: (t.person_id, t.action, t.arg, t.state_seq, as_utc(t.created_at))
             for t in (await s.exec(select(ButtonToken))).all()
         }
-    assert stored == {
-        "t1": (None, "same", "x", 9, NOW),
-        "t2": (None, "same", "x", 9, NOW),
-        "t3": (None, "one", "y", 3, NOW),
+    assert stored == {f"t{n}": (None, "same", "x", 9, NOW) for n in range(1, 20)} | {
+        "t20": (None, "one", "y", 20, NOW)
     }
