@@ -34,29 +34,11 @@ from core.models import ButtonToken, OutboxMessage, Person
 from core.outbox import queue, queue_many
 from core.risk import RiskLevel
 from core.services import Core, build_core
+from tests.conftest import settings_for
+from tests.unit.test_checkins import SITES
 
 # Monday 5 January 2026, 12:00 UTC: 20:00 in Shanghai, 12:00 in London.
 NOW = datetime(2026, 1, 5, 12, 0, tzinfo=UTC)
-
-SITES = """
-[[site]]
-code = "north"
-timezone = "Asia/Shanghai"
-name = { zh_Hans = "北区隔离点", en = "North site" }
-[[site.hotline]]
-number = "010-82951332"
-name = { zh_Hans = "北京心理危机研究与干预中心", en = "Beijing crisis line" }
-open_24h = true
-
-[[site]]
-code = "west"
-timezone = "Europe/London"
-name = { zh_Hans = "西区", en = "West site" }
-[[site.hotline]]
-number = "116 123"
-name = { zh_Hans = "撒玛利亚会", en = "Samaritans" }
-open_24h = true
-"""
 
 
 @pytest.fixture
@@ -68,12 +50,7 @@ def clock() -> FakeClock:
 def settings(tmp_path: Path, db_url: str) -> Settings:
     sites = tmp_path / "sites.toml"
     sites.write_text(SITES, encoding="utf-8")
-    return Settings(
-        data_dir=tmp_path,
-        database_url=db_url,
-        sites_file=sites,
-        _env_file=None,
-    )
+    return settings_for(tmp_path, db_url, sites_file=sites)
 
 
 @pytest.fixture
