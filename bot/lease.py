@@ -91,15 +91,18 @@ class SchedulerLease:
 
     async def lost(self) -> None:
         """Return when the lease is lost (its connection broke); never on SQLite."""
+        if self._conn is None:
+            if self._file is not None:  # a file lock lasts as long as this process
+                await asyncio.Event().wait()
+            return
         while True:
             await asyncio.sleep(self.check_seconds)
-            if self._conn is None:
-                if self._file is None:
-                    return
-                continue
+            conn = self._conn
+            if conn is None:  # released meanwhile
+                return
             try:
-                await self._conn.execute(text("SELECT 1"))
-                await self._conn.commit()
+                await conn.execute(text("SELECT 1"))
+                await conn.commit()
             except Exception as exc:
                 log.error("scheduler lease lost with its connection: %s", _first_line(exc))
                 await self._drop_connection()

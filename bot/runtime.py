@@ -198,8 +198,7 @@ class Runtime:
             self.lease = SchedulerLease(self.db, check_seconds=self.lease_check_seconds)
             if await self.lease.try_acquire():
                 await self._lead(telegram_updates)
-            else:
-                log.warning("another process runs the scheduler; this one stands by to take over")
+            # Otherwise _keep_lead stands by (the lease says so in the log, once).
             self.leading = asyncio.create_task(self._keep_lead(telegram_updates))
             self.tasks.append(self.leading)
         elif self.telegram is not None and telegram_updates:
