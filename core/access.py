@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from sqlmodel import select
+from sqlalchemy import ScalarSelect, func
+from sqlalchemy import select as sa_select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.models import Person, RoleGrant
@@ -65,10 +67,27 @@ def may(roles: set[Role] | frozenset[Role], action: Action) -> bool:
 
 async def roles_of(session: AsyncSession, person: Person, configured_admins: set[str]) -> set[Role]:
     """Every role a person holds: granted ones, plus admin when configured as a first admin."""
-    roles = {Role.RESIDENT}
+    granted: list[str] = []
     if person.id is not None:
         rows = await session.exec(select(RoleGrant.role).where(RoleGrant.person_id == person.id))
-        roles.update(Role(r) for r in rows.all() if r in Role._value2member_map_)
+        granted = list(rows.all())
+    return roles_from(",".join(granted), person, configured_admins)
+
+
+def granted_roles() -> ScalarSelect[str | None]:
+    """A column for a query of ``Person``: their granted roles, comma-separated (or NULL)."""
+    return (
+        sa_select(func.aggregate_strings(col(RoleGrant.role), ","))
+        .where(col(RoleGrant.person_id) == col(Person.id))
+        .scalar_subquery()
+    )
+
+
+def roles_from(granted: str | None, person: Person, configured_admins: set[str]) -> set[Role]:
+    """The roles of ``person`` from ``granted_roles()``, plus admin when configured as one."""
+    roles = {Role.RESIDENT}
+    if granted:
+        roles.update(Role(r) for r in granted.split(",") if r in Role._value2member_map_)
     if person.external_id in configured_admins:
         roles.add(Role.ADMIN)
     return roles

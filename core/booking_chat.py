@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import update
+from sqlalchemy import exists, update
 from sqlmodel import col, or_, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
@@ -52,6 +52,8 @@ COUNSELOR = "bchat_counselor"
 END_WORDS = ("end", "bchat.end")
 #: A resident writing after their session's start reminds the counselor this often at most.
 NUDGE_EVERY = timedelta(minutes=5)
+#: The person fact "has a booked session that is held in chat" (see ``waiting``).
+BOOKED_CHAT = "booking.chat_booked"
 NUDGED_KEY = "bchat_nudged"
 
 
@@ -70,6 +72,14 @@ def register(engine: ConversationEngine, rules: BookingRules) -> None:
     engine.action("bchat.end", flow.end_button, any_step=True)
     engine.command("end", flow.end_command, before_onboarding=True)
     engine.free_text_hooks.append(flow.waiting)
+    engine.person_fact(
+        BOOKED_CHAT,
+        exists()
+        .where(col(Booking.resident_id) == col(Person.id))
+        .where(col(Booking.status) == "booked")
+        .where(col(Booking.counselor_id) == col(Counselor.person_id))
+        .where(col(Counselor.meet) == "chat"),
+    )
     engine.erasure_hooks.append(flow.before_erasure)
 
 
@@ -288,6 +298,8 @@ class ChatFlow:
     async def waiting(self, turn: Turn, _text: str) -> bool:
         """A resident writes before their chat session is open: say when it starts and how to
         get help now, never silence (the engine's free-text hook)."""
+        if not turn.facts.get(BOOKED_CHAT, True):
+            return False  # no chat session booked: no query for everyone else
         found = (
             await turn.session.exec(
                 select(Booking, Counselor)

@@ -62,6 +62,8 @@ LOW_MOOD = 2
 LOW_STREAK_OFFER = 2
 HIGH_DAILY_DAYS = 7
 MODERATE_RECENT_DAYS = 28
+#: The person fact "has a check-in plan" (``ensure_plan`` looks no further when it is true).
+HAS_PLAN = "checkins.has_plan"
 SILENCE_DAYS = 3
 RECENT_HIGH_DAYS = 14
 ANSWER_WINDOW = timedelta(hours=20)
@@ -276,6 +278,7 @@ def register(engine: ConversationEngine, config: CheckinConfig) -> None:
     engine.command("checkin", flow.settings)
     engine.command("enddate", flow.end_date_command, before_onboarding=True)
     engine.after_turn.append(flow.ensure_plan)
+    engine.person_fact(HAS_PLAN, exists().where(col(CheckinPlan.person_id) == col(Person.id)))
     engine.export_hooks.append(_export)
     # Before the housekeeping entries (language, privacy, help), after the care ones.
     at = next((i for i, e in enumerate(engine.menu) if e.key == "language"), len(engine.menu))
@@ -321,7 +324,7 @@ class CheckinFlow:
         person = turn.person
         if turn.erased or person.id is None or not _eligible(person):
             return
-        if await turn.session.get(CheckinPlan, person.id) is not None:
+        if turn.facts.get(HAS_PLAN) or await turn.session.get(CheckinPlan, person.id) is not None:
             return
         tz = _tz(turn.engine, person)
         local_time = self.config.default_time

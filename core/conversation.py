@@ -14,11 +14,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import ColumnElement, Select, bindparam
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import select
+from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.access import Action, Role, may, roles_of
+from core.access import Action, Role, granted_roles, may, roles_from
 from core.clock import Clock
 from core.db import Database, insert_if_new
 from core.i18n import Catalogs
@@ -90,6 +92,7 @@ class Turn:
         inbound: Inbound,
         now: datetime,
         roles: set[Role],
+        facts: dict[str, bool] | None = None,
     ) -> None:
         self.engine = engine
         self.session = session
@@ -97,6 +100,8 @@ class Turn:
         self.inbound = inbound
         self.now = now
         self.roles = roles
+        #: What the engine's person facts said when the turn began (see ``person_fact``).
+        self.facts = facts or {}
         self.out: list[Outbound] = []
         self.notice: str | None = None
         self.state_changed = False
@@ -294,6 +299,11 @@ class ConversationEngine:
         self.case_lines: list[Callable[[AsyncSession, int, str], Awaitable[str]]] = []
         #: Reads text written in a group chat (a support room); nothing is ever said there.
         self.group_messages: Callable[[Inbound], Awaitable[HandleResult]] | None = None
+        #: Yes/no facts about a person read with the person in each turn's first query, so that
+        #: a hook that matters for few people (a booked chat session, a missing check-in plan)
+        #: costs the others no query of its own.
+        self.person_facts: dict[str, ColumnElement[bool]] = {}
+        self._person_query: Select[*tuple[Any, ...]] | None = None
 
     # Registration -----------------------------------------------------------------------
 
@@ -302,6 +312,12 @@ class ConversationEngine:
         self.commands[name] = handler
         if before_onboarding:
             self.open_commands.add(name)
+
+    def person_fact(self, name: str, clause: ColumnElement[bool]) -> None:
+        """Read ``clause`` (an EXISTS correlated to ``Person``) with the person each turn, as
+        ``turn.facts[name]``; False for someone new."""
+        self.person_facts[name] = clause
+        self._person_query = None
 
     def action(self, name: str, handler: Handler, *, any_step: bool = False) -> None:
         """Register a button action; ``any_step`` keeps its old buttons valid."""
@@ -357,9 +373,9 @@ class ConversationEngine:
             seen = {"channel": inbound.channel, "key": key, "seen_at": now}
             if not await insert_if_new(session, InboundSeen.__table__, seen):  # type: ignore[attr-defined]
                 return HandleResult(duplicate=True)
-        person = await self._person(session, inbound, now)
-        roles = await roles_of(session, person, self.config.admins.get(inbound.channel, set()))
-        turn = Turn(self, session, person, inbound, now, roles)
+        person, granted, facts = await self._person(session, inbound, now)
+        roles = roles_from(granted, person, self.config.admins.get(inbound.channel, set()))
+        turn = Turn(self, session, person, inbound, now, roles, facts)
         if inbound.channel == "web" and inbound.kind in (InboundKind.TEXT, InboundKind.COMMAND):
             if inbound.text.strip():  # what the person typed, so a reload shows it again
                 session.add(
@@ -376,18 +392,34 @@ class ConversationEngine:
         await self._finish(turn)
         return HandleResult(notice=turn.notice, person_id=person.id)
 
-    async def _person(self, session: AsyncSession, inbound: Inbound, now: datetime) -> Person:
-        query = (
-            select(Person)
-            .where(Person.channel == inbound.channel)
-            .where(Person.external_id == inbound.external_id)
+    def person_query(self) -> Select[*tuple[Any, ...]]:
+        """The person with their granted roles and facts (built once; bound per turn)."""
+        if self._person_query is None:
+            names = list(self.person_facts)
+            query = (
+                sa_select(
+                    Person,
+                    granted_roles(),
+                    *(self.person_facts[n].label(f"fact_{i}") for i, n in enumerate(names)),
+                )
+                .where(col(Person.channel) == bindparam("channel"))
+                .where(col(Person.external_id) == bindparam("external_id"))
+            )
+            if not self.db.is_sqlite:
+                # Two events of one person (a double tap) are handled one after the other.
+                query = query.with_for_update(of=Person)
+            self._person_query = query
+        return self._person_query
+
+    async def _person(
+        self, session: AsyncSession, inbound: Inbound, now: datetime
+    ) -> tuple[Person, str | None, dict[str, bool]]:
+        found = await session.execute(
+            self.person_query(),
+            {"channel": inbound.channel, "external_id": inbound.external_id},
         )
-        if not self.db.is_sqlite:
-            # Two events of one person (a double tap) are handled one after the other.
-            query = query.with_for_update()
-        found = await session.exec(query)
-        person = found.first()
-        if person is None:
+        row = found.first()
+        if row is None:
             person = Person(
                 channel=inbound.channel,
                 external_id=inbound.external_id,
@@ -401,12 +433,14 @@ class ConversationEngine:
             )
             session.add(person)
             await session.flush()
-        else:
-            person.last_seen_at = now
-            person.blocked_at = None
-            if person.chat_id != inbound.chat_id and inbound.chat_kind == "private":
-                person.chat_id = inbound.chat_id
-        return person
+            return person, None, dict.fromkeys(self.person_facts, False)
+        person = row[0]
+        person.last_seen_at = now
+        person.blocked_at = None
+        if person.chat_id != inbound.chat_id and inbound.chat_kind == "private":
+            person.chat_id = inbound.chat_id
+        facts = {name: bool(value) for name, value in zip(self.person_facts, row[2:], strict=True)}
+        return person, row[1], facts
 
     async def _new_case_code(self, session: AsyncSession) -> str:
         for length in (4, 4, 4, 5, 5, 6, 6, 8):
