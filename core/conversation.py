@@ -462,8 +462,7 @@ class ConversationEngine:
             if not await self._read_for_risk(turn, inbound.text):
                 turn.say("input.edited")
         else:
-            turn.say("input.media")
-            await self.prompt(turn)
+            await self.note_then_prompt(turn, "input.media")
 
     async def _button(self, turn: Turn) -> None:
         token = await turn.session.get(ButtonToken, turn.inbound.token[:32])
@@ -494,8 +493,7 @@ class ConversationEngine:
         name = turn.inbound.command.lower()
         handler = self.commands.get(name)
         if handler is None:
-            turn.say("input.unknown_command", command=name[:32])
-            await self.prompt(turn)
+            await self.note_then_prompt(turn, "input.unknown_command", command=name[:32])
             return
         holding = self.holding_states.get(turn.person.state)
         if holding is not None and name not in self.always_commands:
@@ -512,8 +510,7 @@ class ConversationEngine:
         if await self._read_for_risk(turn, text):
             return
         if not text.strip():
-            turn.say("input.empty")
-            await self.prompt(turn)
+            await self.note_then_prompt(turn, "input.empty")
             return
         handler = self.text_handlers.get(turn.person.state)
         if handler is not None:
@@ -523,8 +520,7 @@ class ConversationEngine:
             for answer in self.free_text_hooks:
                 if await answer(turn, text):
                     return
-            turn.say("input.free_text")
-            await self.prompt(turn)
+            await self.note_then_prompt(turn, "input.free_text")
 
     async def _read_for_risk(self, turn: Turn, text: str) -> bool:
         """Run triage on a message; True when a high-risk answer replaced the normal reply."""
@@ -550,6 +546,25 @@ class ConversationEngine:
         """Answer a risk signal from any source (SOS, an instrument, a staff report)."""
         turn.risk_level = max(turn.risk_level, signal.level)
         await self.risk.respond(turn, signal, excerpt)
+
+    async def note_then_prompt(self, turn: Turn, key: str, /, **params: object) -> None:
+        """Say ``key`` (why the input was not taken) and show the current step again, as one
+        message when the step is one message: the note above the step's text and buttons
+        ("you can also choose below" with the choices right under it)."""
+        before = len(turn.out)
+        turn.say(key, **params)
+        await self.prompt(turn)
+        if len(turn.out) != before + 2:
+            return
+        note, step = turn.out[before], turn.out[before + 1]
+        if (
+            not note.buttons
+            and step.document is None
+            and (note.channel, note.chat_id, note.priority, note.kind)
+            == (step.channel, step.chat_id, step.priority, step.kind)
+        ):
+            step.text = f"{note.text}\n\n{step.text}"
+            del turn.out[before]
 
     async def prompt(self, turn: Turn) -> None:
         """Show the person's current step again."""
