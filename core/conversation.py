@@ -552,7 +552,7 @@ class ConversationEngine:
         message when the step is one message: the note above the step's text and buttons
         ("you can also choose below" with the choices right under it)."""
         before = len(turn.out)
-        turn.say(key, **params)
+        turn.send(turn.t(key, **params))
         await self.prompt(turn)
         if len(turn.out) != before + 2:
             return
