@@ -413,6 +413,8 @@ async def start_bot(kind: str, config: dict[str, Any], timeout: float = 60.0) ->
                         "raw",
                         "-r",
                         "200",
+                        "--nonblocking",
+                        "--gil",
                     ],
                     stdout=subprocess.DEVNULL,
                     stderr=subprocess.DEVNULL,
@@ -423,11 +425,24 @@ async def start_bot(kind: str, config: dict[str, Any], timeout: float = 60.0) ->
 # Child side -----------------------------------------------------------------------------------
 
 
+_gc_time = [0.0, 0.0]
+
+
+def _time_gc(phase: str, _info: dict[str, Any]) -> None:
+    if phase == "start":
+        _gc_time[1] = time.perf_counter()
+    else:
+        _gc_time[0] += time.perf_counter() - _gc_time[1]
+
+
 async def _serve_anxin(config: dict[str, Any]) -> None:
+    import gc
+
     from bot.runtime import Runtime
     from core.config import Settings
     from core.outbox import RateLimits
 
+    gc.callbacks.append(_time_gc)
     port = config["port"]
     settings = Settings(
         data_dir=Path(config.get("data_dir", "/tmp")),
@@ -464,7 +479,7 @@ async def _serve_anxin(config: dict[str, Any]) -> None:
             break
         await asyncio.sleep(0.02)
     await _until_terminated()
-    report = {"cpu_seconds": cpu_seconds()}
+    report = {"cpu_seconds": cpu_seconds(), "gc_seconds": _gc_time[0]}
     await runtime.stop()
     print("BENCH_REPORT " + json.dumps(report), flush=True)
 
@@ -564,7 +579,15 @@ def _child(argv: list[str]) -> None:
         pin_generics()
     if config.get("serialize_sqlite") or os.environ.get("ANXIN_BENCH_SERIALIZE_SQLITE"):
         serialize_sqlite_writes()
-    if kind == "anxin":
+    if kind == "anxin" and os.environ.get("ANXIN_BENCH_CPROFILE"):
+        import cProfile
+
+        # Deterministic profile of the whole child (for where the time goes, not for figures:
+        # it slows the bot down several times).
+        with cProfile.Profile() as profile:
+            asyncio.run(_serve_anxin(config))
+        profile.dump_stats(os.environ["ANXIN_BENCH_CPROFILE"])
+    elif kind == "anxin":
         asyncio.run(_serve_anxin(config))
     elif kind == "echo":
         _printed.add("READY")  # printed once its site listens

@@ -164,8 +164,9 @@ async def run_one(
             bot_cpu = bot.cpu() - bot_before
             replies = api.total - sent_before
     finally:
-        bot.stop()
+        child = bot.stop()
     return {
+        "gc_seconds": child.get("gc_seconds"),
         "bot": kind,
         "messages": len(latencies),
         "replies": replies,
@@ -207,6 +208,9 @@ def report(db_kind: str, results: dict[str, Any]) -> None:
             f"{r['harness_cpu'] * 100:.0f}% of a core]"
         )
     print(f"replies per input (anxin): {results['anxin']['replies_per']}")
+    gc_seconds = results["anxin"].get("gc_seconds")
+    if gc_seconds is not None:
+        print(f"anxin's process spent {gc_seconds:.2f} s in cyclic garbage collection")
     ratio = results["anxin"]["rate"] / results["echo"]["rate"]
     verdict = "met" if ratio >= 0.5 else "MISSED"
     print(f"ratio anxin/echo: {ratio:.2f}  (target >= 0.50: {verdict})")

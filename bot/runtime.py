@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Iterator
@@ -178,6 +179,10 @@ class Runtime:
         (see ``ROLES``); exactly one of them runs the scheduler and receives Telegram's updates.
         """
         await self.db.ping()
+        # What start-up built (aiogram's and SQLAlchemy's classes, catalogs, lexicons) lives as
+        # long as the process: the cyclic collector's full passes need not walk it each time.
+        gc.collect()
+        gc.freeze()
         if self.shared is not None and not (serve_http and deliver):
             # Parts of the deployment run in other processes: wake them through PostgreSQL.
             self.shared.enabled = True

@@ -6,6 +6,7 @@ looks after idempotency, the person, button tokens, the state sequence and the o
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import secrets
@@ -21,8 +22,9 @@ from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
 from core.access import Action, Role, granted_roles, may, roles_from
+from core.bulk import insert_returning
 from core.clock import Clock
-from core.db import Database, insert_if_new
+from core.db import Database, DatabaseUnavailable
 from core.i18n import Catalogs
 from core.messages import Button, HandleResult, Inbound, InboundKind, Outbound, Priority
 from core.models import ButtonToken, InboundSeen, Person, WebTranscript
@@ -66,6 +68,13 @@ class TriageVerdict:
 
 
 TriageHook = Callable[["Turn", str], TriageVerdict]
+
+
+@dataclass(frozen=True)
+class _Step:
+    """The step a turn's buttons belong to (a ``seq_holder`` for ``queue_many``)."""
+
+    state_seq: int
 
 
 @dataclass
@@ -299,6 +308,10 @@ class ConversationEngine:
         self.case_lines: list[Callable[[AsyncSession, int, str], Awaitable[str]]] = []
         #: Reads text written in a group chat (a support room); nothing is ever said there.
         self.group_messages: Callable[[Inbound], Awaitable[HandleResult]] | None = None
+        #: Most turns handled together in one transaction (1: each in its own).
+        self.batch_turns = 32
+        self._waiting: list[tuple[Inbound, asyncio.Future[HandleResult]]] = []
+        self._draining: asyncio.Task[None] | None = None
         #: Yes/no facts about a person read with the person in each turn's first query, so that
         #: a hook that matters for few people (a booked chat session, a missing check-in plan)
         #: costs the others no query of its own.
@@ -349,51 +362,173 @@ class ConversationEngine:
     # Handling ----------------------------------------------------------------------------
 
     async def handle(self, inbound: Inbound) -> HandleResult:
-        """Handle one inbound event in one transaction and wake delivery."""
+        """Handle one inbound event and wake delivery.
+
+        Events that arrive while others are being handled wait, and are then handled together,
+        one after the other, in one transaction (at most ``batch_turns``, never two of one
+        person): under load a turn costs its own work, not a transaction's. Should one of them
+        fail, each is handled again alone, so one person's trouble never holds up another's.
+        """
         if inbound.chat_kind in ("group", "supergroup") and inbound.kind == InboundKind.TEXT:
             # Chatter in a group is not a conversation with the bot: only a room reads it.
             if self.group_messages is None:
                 return HandleResult()
             return await self.group_messages(inbound)
+        if self.batch_turns <= 1:
+            return await self._handle_alone(inbound)
+        future: asyncio.Future[HandleResult] = asyncio.get_running_loop().create_future()
+        self._waiting.append((inbound, future))
+        if self._draining is None or self._draining.done():
+            self._draining = asyncio.create_task(self._drain())
+        return await future
+
+    async def _handle_alone(self, inbound: Inbound) -> HandleResult:
         try:
-            result = await self.db.run(lambda session: self._handle(session, inbound))
+            [result] = await self.db.run(lambda session: self._handle_many(session, [inbound]))
         except IntegrityError:
             # Another worker handled the same update at the same moment.
             return HandleResult(duplicate=True)
-        if not result.duplicate:
-            self.notify(inbound.channel)
-            if self.config.staff_chat_id:
-                self.notify("telegram")
+        self._woken([(inbound, result)])
         return result
 
-    async def _handle(self, session: AsyncSession, inbound: Inbound) -> HandleResult:
+    def _woken(self, handled: list[tuple[Inbound, HandleResult]]) -> None:
+        channels = {i.channel for i, r in handled if not r.duplicate}
+        if channels and self.config.staff_chat_id:
+            channels.add("telegram")
+        for channel in sorted(channels):
+            self.notify(channel)
+
+    async def _drain(self) -> None:
+        """Handle what waits, a batch at a time, until nothing does."""
+        while self._waiting:
+            batch: list[tuple[Inbound, asyncio.Future[HandleResult]]] = []
+            later: list[tuple[Inbound, asyncio.Future[HandleResult]]] = []
+            people: set[tuple[str, str]] = set()
+            for item in self._waiting:
+                who = (item[0].channel, item[0].external_id)
+                if len(batch) < self.batch_turns and who not in people:
+                    people.add(who)
+                    batch.append(item)
+                else:  # a person's next event waits for the next batch, in order
+                    later.append(item)
+            self._waiting = later
+            try:
+                await self._handle_batch(batch)
+            except BaseException as exc:  # never leave a caller waiting for an answer
+                for _inbound, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                if not isinstance(exc, Exception):
+                    for _inbound, future in self._waiting:
+                        if not future.done():
+                            future.set_exception(exc)
+                    self._waiting = []
+                    raise
+
+    async def _handle_batch(
+        self, batch: list[tuple[Inbound, asyncio.Future[HandleResult]]]
+    ) -> None:
+        inbounds = [inbound for inbound, _future in batch]
+        if len(batch) > 1:
+            try:
+                results = await self.db.run(lambda session: self._handle_many(session, inbounds))
+            except DatabaseUnavailable:
+                raise
+            except Exception:
+                log.warning("a batch of %d turns failed; handling each alone", len(batch))
+            else:
+                for (_inbound, future), result in zip(batch, results, strict=True):
+                    if not future.done():
+                        future.set_result(result)
+                self._woken(list(zip(inbounds, results, strict=True)))
+                return
+        for inbound, future in batch:
+            try:
+                result = await self._handle_alone(inbound)
+            except Exception as exc:
+                if not future.done():
+                    future.set_exception(exc)
+            else:
+                if not future.done():
+                    future.set_result(result)
+
+    async def _handle_many(
+        self, session: AsyncSession, inbounds: list[Inbound]
+    ) -> list[HandleResult]:
+        """Handle ``inbounds`` (of different people) in order, in the session's transaction."""
         now = self.clock.now()
-        if inbound.update_key:
-            key = inbound.update_key[:96]
-            seen = {"channel": inbound.channel, "key": key, "seen_at": now}
-            if not await insert_if_new(session, InboundSeen.__table__, seen):  # type: ignore[attr-defined]
-                return HandleResult(duplicate=True)
-        person, granted, facts = await self._person(session, inbound, now)
-        roles = roles_from(granted, person, self.config.admins.get(inbound.channel, set()))
-        turn = Turn(self, session, person, inbound, now, roles, facts)
-        if inbound.channel == "web" and inbound.kind in (InboundKind.TEXT, InboundKind.COMMAND):
-            if inbound.text.strip():  # what the person typed, so a reload shows it again
-                session.add(
-                    WebTranscript(
-                        chat_id=person.chat_id,
-                        direction="in",
-                        text=inbound.text[:MAX_STORED_TEXT],
-                        created_at=now,
+        fresh = await self._fresh(session, inbounds, now)
+        found = await self._people(
+            session, [i for i, new in zip(inbounds, fresh, strict=True) if new]
+        )
+        results: list[HandleResult] = []
+        out: list[Outbound] = []
+        for inbound, new in zip(inbounds, fresh, strict=True):
+            if not new:
+                results.append(HandleResult(duplicate=True))
+                continue
+            known = found.get((inbound.channel, inbound.external_id))
+            if known is None:
+                person = await self._new_person(session, inbound, now)
+                granted, facts = None, dict.fromkeys(self.person_facts, False)
+            else:
+                person, granted, facts = known
+                self._seen(person, inbound, now)
+            roles = roles_from(granted, person, self.config.admins.get(inbound.channel, set()))
+            turn = Turn(self, session, person, inbound, now, roles, facts)
+            if inbound.channel == "web" and inbound.kind in (InboundKind.TEXT, InboundKind.COMMAND):
+                if inbound.text.strip():  # what the person typed, so a reload shows it again
+                    session.add(
+                        WebTranscript(
+                            chat_id=person.chat_id,
+                            direction="in",
+                            text=inbound.text[:MAX_STORED_TEXT],
+                            created_at=now,
+                        )
                     )
-                )
-        await self._dispatch(turn)
-        for hook in self.after_turn:
-            await hook(turn)
-        await self._finish(turn)
-        return HandleResult(notice=turn.notice, person_id=person.id)
+            await self._dispatch(turn)
+            for hook in self.after_turn:
+                await hook(turn)
+            out.extend(await self._finish(turn))
+            results.append(HandleResult(notice=turn.notice, person_id=person.id))
+        # Every turn's replies in one go, in the order of the turns.
+        await queue_many(session, out, now)
+        return results
+
+    async def _fresh(
+        self, session: AsyncSession, inbounds: list[Inbound], now: datetime
+    ) -> list[bool]:
+        """Which of ``inbounds`` were not handled before (their update keys are recorded).
+
+        On PostgreSQL a key another transaction is recording waits for that transaction, so of
+        two copies at the same moment exactly one is fresh.
+        """
+        keys = [(i.channel, i.update_key[:96]) for i in inbounds if i.update_key]
+        new: set[tuple[str, str]] = set()
+        if keys:
+            rows = await insert_returning(
+                session,
+                InboundSeen.__table__,  # type: ignore[attr-defined]
+                ("channel", "key"),
+                keys,
+                ("channel", "key"),
+                same={"seen_at": now},
+                skip_conflicts_on=("channel", "key"),
+            )
+            new = {(str(c), str(k)) for c, k in rows}
+        fresh = []
+        for inbound in inbounds:
+            if not inbound.update_key:
+                fresh.append(True)
+                continue
+            key = (inbound.channel, inbound.update_key[:96])
+            fresh.append(key in new)
+            new.discard(key)  # a second copy in the same batch is not fresh
+        return fresh
 
     def person_query(self) -> Select[*tuple[Any, ...]]:
-        """The person with their granted roles and facts (built once; bound per turn)."""
+        """People of one channel, with their granted roles and facts (built once, bound with
+        ``channel`` and the list ``external_ids``)."""
         if self._person_query is None:
             names = list(self.person_facts)
             query = (
@@ -403,44 +538,56 @@ class ConversationEngine:
                     *(self.person_facts[n].label(f"fact_{i}") for i, n in enumerate(names)),
                 )
                 .where(col(Person.channel) == bindparam("channel"))
-                .where(col(Person.external_id) == bindparam("external_id"))
+                .where(col(Person.external_id).in_(bindparam("external_ids", expanding=True)))
+                .order_by(col(Person.id))
             )
             if not self.db.is_sqlite:
-                # Two events of one person (a double tap) are handled one after the other.
+                # Two events of one person (a double tap) are handled one after the other;
+                # people are locked in the order of their ids.
                 query = query.with_for_update(of=Person)
             self._person_query = query
         return self._person_query
 
-    async def _person(
-        self, session: AsyncSession, inbound: Inbound, now: datetime
-    ) -> tuple[Person, str | None, dict[str, bool]]:
-        found = await session.execute(
-            self.person_query(),
-            {"channel": inbound.channel, "external_id": inbound.external_id},
-        )
-        row = found.first()
-        if row is None:
-            person = Person(
-                channel=inbound.channel,
-                external_id=inbound.external_id,
-                # Someone first seen in a group gets replies in their private chat, whose id
-                # on Telegram is their user id.
-                chat_id=inbound.chat_id if inbound.chat_kind == "private" else inbound.external_id,
-                case_code=await self._new_case_code(session),
-                language=guess_language(inbound.language_hint, self.config),
-                created_at=now,
-                last_seen_at=now,
+    async def _people(
+        self, session: AsyncSession, inbounds: list[Inbound]
+    ) -> dict[tuple[str, str], tuple[Person, str | None, dict[str, bool]]]:
+        """The known people of ``inbounds``, with their granted roles and facts."""
+        by_channel: dict[str, list[str]] = {}
+        for inbound in inbounds:
+            by_channel.setdefault(inbound.channel, []).append(inbound.external_id)
+        found: dict[tuple[str, str], tuple[Person, str | None, dict[str, bool]]] = {}
+        for channel, external_ids in by_channel.items():
+            rows = await session.execute(
+                self.person_query(), {"channel": channel, "external_ids": external_ids}
             )
-            session.add(person)
-            await session.flush()
-            return person, None, dict.fromkeys(self.person_facts, False)
-        person = row[0]
+            for row in rows:
+                person = row[0]
+                facts = {n: bool(v) for n, v in zip(self.person_facts, row[2:], strict=True)}
+                found[(channel, person.external_id)] = (person, row[1], facts)
+        return found
+
+    @staticmethod
+    def _seen(person: Person, inbound: Inbound, now: datetime) -> None:
         person.last_seen_at = now
         person.blocked_at = None
         if person.chat_id != inbound.chat_id and inbound.chat_kind == "private":
             person.chat_id = inbound.chat_id
-        facts = {name: bool(value) for name, value in zip(self.person_facts, row[2:], strict=True)}
-        return person, row[1], facts
+
+    async def _new_person(self, session: AsyncSession, inbound: Inbound, now: datetime) -> Person:
+        person = Person(
+            channel=inbound.channel,
+            external_id=inbound.external_id,
+            # Someone first seen in a group gets replies in their private chat, whose id on
+            # Telegram is their user id.
+            chat_id=inbound.chat_id if inbound.chat_kind == "private" else inbound.external_id,
+            case_code=await self._new_case_code(session),
+            language=guess_language(inbound.language_hint, self.config),
+            created_at=now,
+            last_seen_at=now,
+        )
+        session.add(person)
+        await session.flush()
+        return person
 
     async def _new_case_code(self, session: AsyncSession) -> str:
         for length in (4, 4, 4, 5, 5, 6, 6, 8):
@@ -572,16 +719,21 @@ class ConversationEngine:
         if prompt is not None:
             await prompt(turn)
 
-    async def _finish(self, turn: Turn) -> None:
+    async def _finish(self, turn: Turn) -> list[Outbound]:
+        """Settle the person's step; return the replies to queue (bound to that step)."""
         if turn.erased:
             await queue(turn.session, turn.out, turn.now)
-            return
+            return []
         person = turn.person
         if turn.state_changed:
             person.state_seq += 1
         person.state_data = json.dumps(turn.data, ensure_ascii=False)
         turn.session.add(person)
-        await queue_many(turn.session, turn.out, turn.now, person.state_seq)
+        step = _Step(person.state_seq)  # as it is now, whatever a later turn does to it
+        for message in turn.out:
+            if message.seq_holder is None:
+                message.seq_holder = step
+        return turn.out
 
     def visible_menu(self, turn: Turn) -> list[MenuEntry]:
         """The main-menu entries this person sees."""

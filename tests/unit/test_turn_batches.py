@@ -1,0 +1,133 @@
+"""Turns that arrive together are handled together: one transaction, each turn as if alone."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+from sqlmodel import select
+
+from core.conversation import Turn
+from core.messages import Inbound, InboundKind
+from core.models import OutboxMessage
+from core.services import Core
+from tests.drivers import EngineChat
+
+
+def count_transactions(core: Core) -> Counter[str]:
+    """Count the transactions the engine's database begins (on either database)."""
+    counted: Counter[str] = Counter()
+
+    def begun(_conn: Any) -> None:
+        counted["begin"] += 1
+
+    event.listen(core.db.engine.sync_engine, "begin", begun)  # the writer's too
+    return counted
+
+
+async def onboarded(core: Core, count: int) -> list[EngineChat]:
+    chats = [EngineChat(core, external_id=str(2000 + i)) for i in range(count)]
+    for chat in chats:
+        await chat.onboard()
+    return chats
+
+
+async def test_people_writing_at_once_share_a_transaction_and_each_gets_their_reply(
+    core: Core,
+) -> None:
+    chats = await onboarded(core, 12)
+    counted = count_transactions(core)
+    results = await asyncio.gather(*(chat.text(f"你好 {i}") for i, chat in enumerate(chats)))
+    assert not any(r.duplicate for r in results)
+    # Twelve turns in one transaction (or two, should the first be handled before the
+    # others arrive), where they took twelve before.
+    assert 1 <= counted["begin"] <= 2
+    for chat in chats:
+        [reply] = await chat.new_replies()
+        assert "自动助手" in reply.text and reply.buttons  # the note with the menu under it
+        assert reply.token("我需要紧急帮助")
+
+
+async def test_one_persons_events_are_handled_in_order_never_in_one_batch(core: Core) -> None:
+    chats = await onboarded(core, 2)
+    chat = chats[0]
+    await asyncio.gather(
+        chat.command("menu"), chat.text("你好"), chats[1].text("你好"), chat.text("谢谢")
+    )
+    replies = await chat.new_replies()
+    assert len(replies) == 3
+    assert replies[0].text.startswith("我能为你做些什么")
+    assert "自动助手" in replies[1].text and "自动助手" in replies[2].text
+    # Each turn saw the step the one before left, so the last reply's buttons are current.
+    await chat.press(replies[-1].token("使用说明"))
+    assert not any("之前的步骤" in r.text for r in await chat.new_replies())
+
+
+async def test_a_turn_that_fails_costs_the_others_nothing(
+    core: Core, caplog: pytest.LogCaptureFixture
+) -> None:
+    chats = await onboarded(core, 6)
+    fixed = False
+
+    async def flaky(turn: Turn, _args: str) -> None:
+        turn.say("input.free_text")
+        if not fixed:
+            raise RuntimeError("a bug in one flow")
+
+    core.engine.command("flaky", flaky)
+    update = Inbound(
+        channel="telegram",
+        external_id=chats[3].external_id,
+        chat_id=chats[3].external_id,
+        kind=InboundKind.COMMAND,
+        command="flaky",
+        update_key="flaky-1",
+    )
+    outcomes = await asyncio.gather(
+        *(
+            core.engine.handle(update) if i == 3 else chat.text("谢谢")
+            for i, chat in enumerate(chats)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[3], RuntimeError)
+    assert all(not isinstance(o, BaseException) for i, o in enumerate(outcomes) if i != 3)
+    assert "turns failed; handling each alone" in caplog.text
+    for i, chat in enumerate(chats):
+        assert len(await chat.new_replies()) == (0 if i == 3 else 1)
+    # Nothing of the failed turn was kept, not even that its update was seen: when the
+    # platform sends it again, it is handled.
+    fixed = True
+    again = await core.engine.handle(update)
+    assert not again.duplicate
+    assert len(await chats[3].new_replies()) == 1
+
+
+async def test_the_same_update_twice_in_one_batch_is_handled_once(core: Core) -> None:
+    chats = await onboarded(core, 3)
+    first, second = (
+        Inbound(
+            channel="telegram",
+            external_id=chats[1].external_id,
+            chat_id=chats[1].external_id,
+            kind=InboundKind.TEXT,
+            text="你好",
+            update_key="twice-1",
+        )
+        for _ in range(2)
+    )
+    other = chats[0].text("谢谢")
+    results = await asyncio.gather(
+        other, core.engine.handle(first), core.engine.handle(second), chats[2].text("你好")
+    )
+    assert [r.duplicate for r in results] == [False, False, True, False]
+    async with core.db.session() as session:
+        rows = (
+            await session.exec(
+                select(OutboxMessage).where(OutboxMessage.chat_id == chats[1].external_id)
+            )
+        ).all()
+    assert sum("自动助手" in r.text for r in rows) == 1
