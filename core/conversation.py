@@ -383,13 +383,19 @@ class ConversationEngine:
         return await future
 
     async def _handle_alone(self, inbound: Inbound) -> HandleResult:
-        try:
-            [result] = await self.db.run(lambda session: self._handle_many(session, [inbound]))
-        except IntegrityError:
-            # Another worker handled the same update at the same moment.
-            return HandleResult(duplicate=True)
-        self._woken([(inbound, result)])
-        return result
+        for attempt in (1, 2):
+            try:
+                [result] = await self.db.run(lambda s: self._handle_many(s, [inbound]))
+            except IntegrityError:
+                # Another process wrote the same row at the same moment (the first message of
+                # someone new, in two web processes): once more, and it is there to be read.
+                if attempt == 2:
+                    log.exception("update %s conflicts twice; dropped", inbound.update_key)
+                    return HandleResult(duplicate=True)
+            else:
+                self._woken([(inbound, result)])
+                return result
+        raise AssertionError("unreachable")
 
     def _woken(self, handled: list[tuple[Inbound, HandleResult]]) -> None:
         channels = {i.channel for i, r in handled if not r.duplicate}

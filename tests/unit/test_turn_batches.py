@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 from sqlalchemy import event
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from core.conversation import Turn
@@ -131,3 +132,20 @@ async def test_the_same_update_twice_in_one_batch_is_handled_once(core: Core) ->
             )
         ).all()
     assert sum("自动助手" in r.text for r in rows) == 1
+
+
+async def test_a_conflict_with_another_process_is_tried_once_more(core: Core) -> None:
+    [chat] = await onboarded(core, 1)
+    calls = 0
+
+    async def racing(turn: Turn, _args: str) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:  # what a unique row written by another process at the same moment gives
+            raise IntegrityError("INSERT ...", {}, Exception("duplicate key value"))
+        turn.say("input.free_text")
+
+    core.engine.command("racing", racing)
+    result = await chat.command("racing")
+    assert calls == 2 and not result.duplicate
+    assert len(await chat.new_replies()) == 1
