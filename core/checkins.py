@@ -29,6 +29,7 @@ from sqlalchemy import (
     Index,
     Text,
     UniqueConstraint,
+    and_,
     case,
     delete,
     exists,
@@ -786,7 +787,18 @@ class DueBatch:
     queued: int  # check-ins queued
 
 
-# What a batch reads of each due plan's person: plain rows, no ORM objects.
+def _reachable() -> ColumnElement[bool]:
+    """``_may_reach`` in SQL, for a batch's rows (one column instead of four to read)."""
+    return and_(
+        ~col(Person.paused),
+        col(Person.blocked_at).is_(None),
+        col(Person.consent_version).is_not(None),
+        col(Person.consent_withdrawn_at).is_(None),
+    )
+
+
+# What a batch reads of each due plan's person: plain rows, no ORM objects. ``state_seq``
+# is read by ``queue_many`` (the row is the buttons' ``seq_holder``).
 _PERSON_COLUMNS = (
     col(Person.id),
     col(Person.channel),
@@ -795,10 +807,6 @@ _PERSON_COLUMNS = (
     col(Person.language),
     col(Person.state),
     col(Person.state_seq),
-    col(Person.paused),
-    col(Person.blocked_at),
-    col(Person.consent_version),
-    col(Person.consent_withdrawn_at),
 )
 
 
@@ -835,7 +843,11 @@ async def send_due_checkins(
     rows = (
         await session.execute(
             core_select(
-                plans.c.local_time, plans.c.last_sent_on, *_PERSON_COLUMNS, tier.label("tier")
+                plans.c.local_time,
+                plans.c.last_sent_on,
+                *_PERSON_COLUMNS,
+                tier.label("tier"),
+                _reachable().label("reachable"),
             ).join_from(plans, Person, col(Person.id) == plans.c.person_id)
         )
     ).all()
@@ -843,38 +855,36 @@ async def send_due_checkins(
         return DueBatch(0, 0, 0)
 
     zones: dict[str | None, ZoneInfo] = {}
-    todays: dict[ZoneInfo, date] = {}
+    todays: dict[ZoneInfo, str] = {}  # each zone's local date today, as text
     slots: dict[tuple[str, ZoneInfo, str, str], datetime] = {}
     holding = engine.holding_states
     sending: list[tuple[Any, str]] = []  # (person, local date) of each check-in to send
     moves: list[tuple[int, str, str | None, datetime]] = []
     for person in rows:  # a due plan and its person
-        tz = zones.get(person.site_code)
+        local_time, last_sent_on, person_id, _, _, site_code, _, state, _, tier, reachable = person
+        tz = zones.get(site_code)
         if tz is None:
-            site = engine.sites.get(person.site_code) or engine.sites.default()
-            tz = zones[person.site_code] = site.tz
-        today = todays.get(tz)
-        if today is None:
-            today = todays[tz] = _local_date(now, tz)
-        today_text = today.isoformat()
-        tier = person.tier
-        last_sent_on = person.last_sent_on
+            site = engine.sites.get(site_code) or engine.sites.default()
+            tz = zones[site_code] = site.tz
+        today_text = todays.get(tz)
+        if today_text is None:
+            today_text = todays[tz] = _local_date(now, tz).isoformat()
         # The person held by a counselor, or who asked for quiet, is not interrupted; the
         # plan simply moves on to the next slot.
-        if _may_reach(person) and person.state not in holding:
+        if reachable and state not in holding:
             sending.append((person, today_text))
             last_sent_on = today_text
-        key = (person.local_time, tz, tier, last_sent_on or today_text)
+        key = (local_time, tz, tier, last_sent_on or today_text)
         next_due = slots.get(key)
         if next_due is None:
             next_due = slots[key] = next_checkin_at(
-                parse_clock_time(person.local_time),
+                parse_clock_time(local_time),
                 tz,
                 tier,
                 now,
                 date.fromisoformat(last_sent_on or today_text),
             )
-        moves.append((person.id, tier, last_sent_on, next_due))
+        moves.append((person_id, tier, last_sent_on, next_due))
 
     queued = 0
     if sending:
@@ -889,7 +899,7 @@ async def send_due_checkins(
             skip_conflicts_on=("person_id", "local_date"),
         )
         checkin_ids = {int(person_id): int(checkin_id) for checkin_id, person_id in added}
-        texts: dict[str, tuple[str, list[str]]] = {}
+        texts: dict[str, tuple[str, list[tuple[str, str]]]] = {}
         # A generator: each message is made, turned into rows and dropped, so thousands of
         # short-lived objects never reach the garbage collector's older generations.
         await queue_many(
@@ -957,11 +967,11 @@ def _checkin_message(
     engine: ConversationEngine,
     person: Any,
     checkin_id: int,
-    texts: dict[str, tuple[str, list[str]]],
+    texts: dict[str, tuple[str, list[tuple[str, str]]]],
 ) -> Outbound:
     """The mood question with five buttons; ``person`` is a Person or a row of its columns.
 
-    ``texts`` keeps each language's question and labels across one batch.
+    ``texts`` keeps each language's question and (label, ``:mood``) pairs across one batch.
     """
     lang = person.language or engine.config.default_language
     known = texts.get(lang)
@@ -969,15 +979,12 @@ def _checkin_message(
         t = engine.catalogs.t
         known = texts[lang] = (
             t(lang, "checkin.ask"),
-            [t(lang, f"checkin.mood_{m}") for m in MOODS],
+            [(t(lang, f"checkin.mood_{m}"), f":{m}") for m in MOODS],
         )
-    ask, labels = known
-    buttons = [
-        [
-            Button(label, "checkin.mood", f"{checkin_id}:{m}")
-            for label, m in zip(labels, MOODS, strict=True)
-        ]
-    ]
+    ask, moods = known
+    prefix = str(checkin_id)
+    # The argument of each is "<check-in id>:<mood>".
+    buttons = [[Button(label, "checkin.mood", prefix + mood) for label, mood in moods]]
     return Outbound(
         channel=person.channel,
         chat_id=person.chat_id,
