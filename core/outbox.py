@@ -23,6 +23,7 @@ from sqlalchemy import bindparam, update
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
+from core.bulk import insert_rows
 from core.clock import Clock, as_utc
 from core.db import Database
 from core.messages import Outbound, Priority, split_text
@@ -70,73 +71,17 @@ class Sender(Protocol):
         ...
 
 
-def new_token() -> str:
-    """A random, unguessable button token (16 URL-safe characters)."""
-    return secrets.token_urlsafe(12)
-
-
 async def queue(
     session: AsyncSession, messages: Sequence[Outbound], now: datetime, state_seq: int | None = None
-) -> list[OutboxMessage]:
+) -> int:
     """Add ``messages`` to the outbox in the caller's transaction (nothing is committed here).
 
     Buttons become server-side tokens bound to the message's person and ``state_seq``; long
-    texts are split into parts, the buttons going with the last part.
+    texts are split into parts, the buttons going with the last part. This is ``queue_many``
+    (one INSERT per table, at once rather than at the session's next flush); returns the
+    outbox rows added.
     """
-    rows: list[OutboxMessage] = []
-    for message in messages:
-        seq = getattr(message.seq_holder, "state_seq", state_seq)
-        drawn = await _draw_buttons(session, message, now, seq)
-        parts = split_text(message.text) if message.text else [""]
-        for index, part in enumerate(parts):
-            last = index == len(parts) - 1
-            row = OutboxMessage(
-                channel=message.channel,
-                chat_id=message.chat_id,
-                chat_kind=message.chat_kind,
-                person_id=message.person_id,
-                priority=int(message.priority),
-                kind=message.kind,
-                text=part,
-                buttons=json.dumps(drawn if last else [], ensure_ascii=False),
-                document_name=message.document[0] if message.document and last else None,
-                document_body=message.document[1] if message.document and last else None,
-                due_at=now,
-                created_at=now,
-                dedupe_key=(
-                    f"{message.dedupe_key}#{index}"
-                    if message.dedupe_key and index
-                    else message.dedupe_key
-                ),
-            )
-            session.add(row)
-            rows.append(row)
-    return rows
-
-
-async def _draw_buttons(
-    session: AsyncSession, message: Outbound, now: datetime, state_seq: int | None
-) -> list[list[dict[str, str]]]:
-    drawn: list[list[dict[str, str]]] = []
-    for line in message.buttons:
-        drawn_line: list[dict[str, str]] = []
-        for button in line:
-            if message.person_id is None and button.scope != "staff":
-                raise ValueError("buttons need a person to bind their tokens to")
-            token = new_token()
-            session.add(
-                ButtonToken(
-                    token=token,
-                    person_id=None if button.scope == "staff" else message.person_id,
-                    action=button.action,
-                    arg=button.arg,
-                    state_seq=state_seq or 0,
-                    created_at=now,
-                )
-            )
-            drawn_line.append({"label": button.label, "token": token})
-        drawn.append(drawn_line)
-    return drawn
+    return await queue_many(session, messages, now, state_seq)
 
 
 async def queue_many(
@@ -145,16 +90,18 @@ async def queue_many(
     now: datetime,
     state_seq: int | None = None,
 ) -> int:
-    """``queue`` for batches: the same rows and tokens, one INSERT per table, no ORM objects.
+    """Add ``messages`` to the outbox in the caller's transaction: one INSERT per table.
 
-    For sweeps that queue thousands of messages in one transaction (check-ins). The rows are
-    column for column what ``queue`` adds (button tokens from the same random source, bound to
-    the same person and ``state_seq``), sent with the driver's executemany (``core.bulk``);
-    their ids are not returned. ``messages`` is read once, so a generator keeps only one
-    message alive at a time. Returns the outbox rows added.
+    Each button becomes a token (16 random URL-safe characters) bound to the message's person
+    (to nobody for a staff button) and to its ``seq_holder``'s ``state_seq`` (else
+    ``state_seq``); a long text is split into parts, the buttons and document going with the
+    last one. The rows go at once with the driver's executemany (``core.bulk``), without ORM
+    objects, so they are in the database before anything the session has not flushed yet;
+    that needs no flush first, since the only foreign key here, a token's person, is a person
+    with an id, which only a flush gives. Their ids are not returned. ``messages`` is read
+    once, so a generator keeps only one message alive at a time (thousands in a check-in
+    sweep). Returns the outbox rows added.
     """
-    from core.bulk import insert_rows  # here, so that this function is all queue_many adds
-
     labels: dict[str, str] = {}  # a label as JSON, for json.dumps(drawn)'s exact text
     # token_urlsafe(12) per button, drawn 64 at a time, then up to 1,024 (12 bytes are 16
     # characters): a turn draws little, a sweep seldom.
@@ -209,7 +156,7 @@ async def queue_many(
         same={"created_at": now},
     )
     # Columns not named (hold_until, claimed_at, sent_at, platform_message_id, error) are
-    # NULL, as queue() leaves them.
+    # NULL, as for a row that was never tried.
     await insert_rows(
         session,
         OutboxMessage.__table__,  # type: ignore[attr-defined]

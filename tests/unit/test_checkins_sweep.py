@@ -342,10 +342,10 @@ def _shape(row: OutboxMessage, tokens: dict[str, ButtonToken]) -> tuple[Any, ...
     )
 
 
-async def test_queue_many_writes_what_queue_writes(core: Core) -> None:
+async def test_queue_and_queue_many_write_these_rows_and_tokens(core: Core) -> None:
     [resident] = await seed(core, 1, site="north", language="zh_Hans")
     holder = SimpleNamespace(state_seq=7)
-    long_text = "\n".join(f"第{i}行，" + "安心" * 40 for i in range(60))
+    lines = [f"第{i}行，" + "安心" * 40 for i in range(60)]  # 84 or 85 characters each
 
     def messages(prefix: str) -> list[Outbound]:
         return [
@@ -375,7 +375,7 @@ async def test_queue_many_writes_what_queue_writes(core: Core) -> None:
             Outbound(
                 "web",
                 "w-1",
-                long_text,
+                "\n".join(lines),
                 buttons=[[Button("下一页", "more", "2")]],
                 person_id=resident,
                 dedupe_key=f"{prefix}:long",
@@ -391,15 +391,104 @@ async def test_queue_many_writes_what_queue_writes(core: Core) -> None:
             Outbound("telegram", "5001", "", person_id=resident, dedupe_key=f"{prefix}:empty"),
         ]
 
-    first = await core.db.run(lambda s: queue(s, messages("a"), NOW, state_seq=3))
-    await core.db.run(lambda s: queue_many(s, messages("b"), NOW, state_seq=3))
+    def row(
+        channel: str,
+        chat_id: str,
+        chat_kind: str,
+        person_id: int | None,
+        priority: Priority,
+        kind: str,
+        text: str,
+        buttons: str,
+        meant: list[tuple[Any, ...]],
+        document: tuple[str, str] | None,
+        dedupe: str | None,
+    ) -> tuple[Any, ...]:
+        """What ``_shape`` gives for a row just queued at NOW."""
+        name, body = document or (None, None)
+        never = (None, NOW, None, None, None, None)  # hold, created, claimed, sent, id, error
+        return (
+            *(channel, chat_id, chat_kind, person_id, int(priority), kind, text, buttons, meant),
+            *(name, body, "pending", 0, NOW),
+            *never,
+            dedupe,
+        )
+
+    mood, menu = (resident, "checkin.mood"), (resident, "menu", "", 7, NOW)
+    # Lines 0 to 46 with their newlines are 4,031 characters; with line 47, 4,117 (over 4,096).
+    expected = [
+        row(
+            *("telegram", "5001", "private", resident, Priority.REMINDER, "checkin"),
+            "今天过得怎么样？",
+            '[[{"label": "很好 \\"好\\"", "token": "T"}, {"label": "差", "token": "T"}], '
+            '[{"label": "主菜单", "token": "T"}]]',
+            [(*mood, "1:5", 7, NOW), (*mood, "", 7, NOW), menu],
+            None,
+            "one",
+        ),
+        row(
+            *("telegram", "-100600", "group", None, Priority.ESCALATION, "card"),
+            "新个案 R-7K3Q",
+            '[[{"label": "认领", "token": "T"}]]',
+            [(None, "esc.claim", "9", 3, NOW)],
+            None,
+            None,
+        ),
+        row(
+            *("web", "w-1", "private", resident, Priority.REPLY, "reply"),
+            "\n".join(lines[:47]),
+            "[]",
+            [],
+            None,
+            "long",
+        ),
+        row(
+            *("web", "w-1", "private", resident, Priority.REPLY, "reply"),
+            "\n".join(lines[47:]),
+            '[[{"label": "下一页", "token": "T"}]]',
+            [(resident, "more", "2", 3, NOW)],
+            None,
+            "long#1",
+        ),
+        row(
+            *("telegram", "5001", "private", resident, Priority.REPLY, "reply"),
+            "你的数据",
+            '[[{"label": "删除", "token": "T"}]]',
+            [(resident, "privacy.erase", "", 3, NOW)],
+            ("anxin.json", '{"a": 1}'),
+            None,
+        ),
+        row(
+            *("telegram", "5001", "private", resident, Priority.REPLY, "reply"),
+            "",
+            "[]",
+            [],
+            None,
+            "empty",
+        ),
+    ]
+
+    assert await core.db.run(lambda s: queue(s, messages("a"), NOW, state_seq=3)) == 6
+    assert await core.db.run(lambda s: queue_many(s, iter(messages("b")), NOW, 3)) == 6
     async with core.db.session() as s:
         rows = (await s.exec(select(OutboxMessage).order_by(col(OutboxMessage.id)))).all()
         tokens = {t.token: t for t in (await s.exec(select(ButtonToken))).all()}
-    assert len(first) == 6 and len(rows) == 12  # the long text went in two parts
-    by_queue, by_queue_many = rows[: len(first)], rows[len(first) :]
-    assert [_shape(r, tokens) for r in by_queue_many] == [_shape(r, tokens) for r in by_queue]
+    assert [_shape(r, tokens) for r in rows[:6]] == expected
+    assert [_shape(r, tokens) for r in rows[6:]] == expected
+    assert [r.dedupe_key for r in rows if r.dedupe_key] == [
+        *("a:one", "a:long", "a:long#1", "a:empty"),
+        *("b:one", "b:long", "b:long#1", "b:empty"),
+    ]
     assert len(tokens) == 12 and all(re.fullmatch(r"[A-Za-z0-9_-]{16}", t) for t in tokens)
+
+
+async def test_queue_refuses_a_persons_button_without_a_person(core: Core) -> None:
+    lost = Outbound("telegram", "5001", "hi", buttons=[[Button("主菜单", "menu")]])
+    with pytest.raises(ValueError, match="buttons need a person"):
+        await core.db.run(lambda s: queue(s, [lost], NOW))
+    async with core.db.session() as s:
+        assert (await s.exec(select(func.count()).select_from(OutboxMessage))).one() == 0
+        assert (await s.exec(select(func.count()).select_from(ButtonToken))).one() == 0
 
 
 async def test_bulk_insert_stores_times_as_sqlalchemy_does(core: Core) -> None:
