@@ -17,14 +17,15 @@ from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Protocol
+from typing import Any, Protocol
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import Integer, bindparam, tuple_, update
+from sqlalchemy.orm.attributes import set_committed_value
 from sqlmodel import col, select
 from sqlmodel.ext.asyncio.session import AsyncSession
 
-from core.bulk import insert_rows
-from core.clock import Clock, as_utc
+from core.bulk import insert_rows, update_rows
+from core.clock import Clock
 from core.db import Database
 from core.messages import Outbound, Priority, split_text
 from core.models import ButtonToken, OutboxMessage, Person, WebTranscript
@@ -238,6 +239,11 @@ class SlidingWindow:
         """Spend one send."""
         self.stamps.append(self._forget())
 
+    def free(self, reserve: int = 0) -> int:
+        """How many more sends fit now, leaving ``reserve`` sends free."""
+        self._forget()
+        return max(0, self.limit - reserve - len(self.stamps))
+
     def wait_time(self, reserve: int = 0) -> float:
         """Seconds until one more send fits, leaving ``reserve`` sends free."""
         now = self._forget()
@@ -282,12 +288,22 @@ class RateLimits:
                     del self._chats[key]
         return bucket
 
-    def allows(self, chat_id: str, chat_kind: str, *, urgent: bool = True) -> bool:
-        """Whether a message to this chat may go now (non-urgent ones leave the reserve)."""
+    def _window(self) -> SlidingWindow:
         if self._global is None:
             self._global = SlidingWindow(self.global_per_second, 1.0, self.monotonic)
-        reserve = 0 if urgent else min(self.urgent_reserve, self._global.limit - 1)
-        return self._global.ready(reserve) and self._bucket(chat_id, chat_kind).ready()
+        return self._global
+
+    def _reserve(self, urgent: bool) -> int:
+        return 0 if urgent else min(self.urgent_reserve, self._window().limit - 1)
+
+    def allows(self, chat_id: str, chat_kind: str, *, urgent: bool = True) -> bool:
+        """Whether a message to this chat may go now (non-urgent ones leave the reserve)."""
+        window = self._window()
+        return window.ready(self._reserve(urgent)) and self._bucket(chat_id, chat_kind).ready()
+
+    def room(self, *, urgent: bool = True) -> int:
+        """How many more messages the overall limit lets go now (non-urgent: less the reserve)."""
+        return self._window().free(self._reserve(urgent))
 
     def spend(self, chat_id: str, chat_kind: str) -> None:
         """Count one message to this chat."""
@@ -341,7 +357,7 @@ def backoff(attempts: int) -> float:
 
 
 _OUTBOX = OutboxMessage.__table__  # type: ignore[attr-defined]
-#: Marks one sent row (executed for many at once): bind ``row_id`` and ``message_id``.
+#: Marks one sent row (executed for many at once): bind ``row_id``, ``message_id``, ``sent_at``.
 _RECORD_SENT = (
     _OUTBOX.update()
     .where(_OUTBOX.c.id == bindparam("row_id"))
@@ -349,10 +365,68 @@ _RECORD_SENT = (
         status="sent",
         attempts=_OUTBOX.c.attempts + 1,
         claimed_at=None,
+        sent_at=bindparam("sent_at"),
         platform_message_id=bindparam("message_id"),
         error=None,
     )
 )
+_UNSYNCHRONISED = {"synchronize_session": False}
+#: Marks the claimed rows: bind ``ids`` (a list) and ``claimed_at``.
+_MARK_SENDING = (
+    _OUTBOX.update()
+    .where(_OUTBOX.c.id.in_(bindparam("ids", expanding=True)))
+    .values(status="sending", claimed_at=bindparam("claimed_at"))
+)
+#: Rows a claim reads for each message the overall limit lets go now, so that rows passed
+#: over (a chat's second message in the sweep, quiet hours) leave enough for the room; when
+#: they do not, the claim reads on (``DeliveryWorker._claim``).
+READ_PER_SEND = 4
+
+
+def _due_query(channel: str, *, limited: bool, after: bool, sqlite: bool) -> Any:
+    """A claim's read: due pending rows of ``channel`` in priority order, bound to ``now``
+    and ``size`` (and ``limited``, a list of chat ids to leave out, and ``after_priority``
+    and ``after_id``, where the previous read ended).
+
+    A chat with a message in flight (``sending``) or waiting out a retry (a pending row held
+    until later) is left out in the same statement, not by a query of its own first. The
+    status condition names both statuses, so that an index reaches a chat's sending and
+    pending rows only, not every message it was ever sent. On SQLite each row read asks the
+    index on (channel, chat_id, status) about its own chat. PostgreSQL gathers those chats
+    once per read (a hashed subplan): a per-row probe, planned on the statistics of a table
+    that a broadcast had just filled, became a scan of the channel per row (seconds). On
+    PostgreSQL the rows read are locked, and rows another worker locked are skipped.
+    """
+    stalled = _OUTBOX.alias("stalled")
+    now = bindparam("now", type_=_OUTBOX.c.due_at.type)
+    stalled_chats = (
+        select(stalled.c.chat_id)
+        .where(stalled.c.channel == channel)
+        .where(stalled.c.status.in_(("sending", "pending")))
+        .where((stalled.c.status == "sending") | (stalled.c.hold_until > now))
+    )
+    query = (
+        select(OutboxMessage)
+        .where(col(OutboxMessage.channel) == channel)
+        .where(col(OutboxMessage.status) == "pending")
+        .where(col(OutboxMessage.due_at) <= now)
+    )
+    if sqlite:
+        own_chat = stalled_chats.where(stalled.c.chat_id == _OUTBOX.c.chat_id)
+        query = query.where(~own_chat.exists())
+    else:
+        query = query.where(col(OutboxMessage.chat_id).not_in(stalled_chats))
+    if limited:
+        query = query.where(col(OutboxMessage.chat_id).not_in(bindparam("limited", expanding=True)))
+    if after:
+        query = query.where(
+            tuple_(col(OutboxMessage.priority), col(OutboxMessage.id))
+            > tuple_(bindparam("after_priority"), bindparam("after_id"))
+        )
+    query = query.order_by(col(OutboxMessage.priority), col(OutboxMessage.id)).limit(
+        bindparam("size", type_=Integer)
+    )
+    return query if sqlite else query.with_for_update(skip_locked=True)
 
 
 class DeliveryWorker:
@@ -384,6 +458,7 @@ class DeliveryWorker:
         self._wake = asyncio.Event()
         self._stopping = asyncio.Event()
         self._outcomes: list[tuple[OutboxMessage, SendOutcome, asyncio.Future[None]]] = []
+        self._queries: dict[tuple[bool, bool], Any] = {}
         self._recorder: asyncio.Task[None] | None = None
 
     def wake(self) -> None:
@@ -435,6 +510,8 @@ class DeliveryWorker:
 
     async def deliver_due(self) -> tuple[int, float]:
         """Claim and send what may go now; return (rows handled, seconds until more may)."""
+        if not self.limits.room():  # nothing can go, not even a crisis: no claim
+            return 0, self.limits.global_wait() or 0.5
         now = self.clock.now()
         claimed = await self.db.run(lambda s: self._claim(s, now))
         if not claimed:
@@ -450,63 +527,71 @@ class DeliveryWorker:
         return len(claimed), 0.0
 
     async def _claim(self, session: AsyncSession, now: datetime) -> list[OutboxMessage]:
-        # Chats that cannot take a message now are left out in the query itself, so that one
-        # chat with hundreds of waiting rows (a staff group at 20 a minute) never fills the
-        # batch and starves everyone else.
-        stalled = await self._stalled_chats(session, now) | self.limits.limited_chats()
-        query = (
-            select(OutboxMessage)
-            .where(OutboxMessage.channel == self.channel)
-            .where(OutboxMessage.status == "pending")
-            .where(col(OutboxMessage.due_at) <= now)
-            .order_by(col(OutboxMessage.priority), col(OutboxMessage.id))
-            .limit(self.batch)
-        )
-        if stalled:
-            query = query.where(col(OutboxMessage.chat_id).not_in(stalled))
-        if not self.db.is_sqlite:
-            query = query.with_for_update(skip_locked=True)
-        rows = (await session.exec(query)).all()
-        busy_chats = stalled
-        held = await self.hold.held(session, rows, now) if self.hold is not None else {}
+        # Chats that cannot take a message now (one in flight, one waiting out a retry, their
+        # own limit used up) are left out in the query itself, so that one chat with hundreds of
+        # waiting rows (a staff group at 20 a minute) never fills the read and starves
+        # everyone else.
+        limited = sorted(self.limits.limited_chats())
         chosen: list[OutboxMessage] = []
+        held_until: list[tuple[int | None, datetime]] = []
         seen: set[str] = set()
-        for row in rows:
-            if row.id in held:  # quiet hours: due again when they end, not re-read each sweep
-                row.due_at = held[row.id]
-                session.add(row)
-                continue
-            # One message per chat per sweep keeps each chat's messages in order; a chat
-            # waiting out a retry holds its later messages too.
-            if row.chat_id in seen or row.chat_id in busy_chats:
+        left, after = self.batch, None
+        # Read what the overall limit can let go now (a few rows per send, for those passed
+        # over), and read on only while rows were passed over and there is room left: the
+        # rows chosen are those a single read of ``batch`` rows would give.
+        while left > 0 and (room := self.limits.room()) > 0:
+            size = min(left, room * READ_PER_SEND)
+            params: dict[str, Any] = {"now": now, "size": size}
+            if limited:
+                params["limited"] = limited
+            if after is not None:
+                params["after_priority"], params["after_id"] = after
+            query = self._query(bool(limited), after is not None)
+            rows: Sequence[OutboxMessage] = (await session.exec(query, params=params)).all()
+            left -= len(rows)
+            held: dict[int, datetime] = {}
+            if self.hold is not None and rows:
+                held = await self.hold.held(session, rows, now)
+            for row in rows:
+                if row.id in held:  # quiet hours: due again when they end, not re-read each sweep
+                    held_until.append((row.id, held[row.id]))
+                    continue
+                # One message per chat per sweep keeps each chat's messages in order.
+                if row.chat_id in seen:
+                    continue
                 seen.add(row.chat_id)
-                continue
-            seen.add(row.chat_id)
-            if row.hold_until is not None and as_utc(row.hold_until) > now:
-                continue
-            urgent = row.priority <= Priority.ESCALATION
-            if not self.limits.allows(row.chat_id, row.chat_kind, urgent=urgent):
-                continue
-            self.limits.spend(row.chat_id, row.chat_kind)
-            row.status = "sending"
-            row.claimed_at = now
-            session.add(row)
-            chosen.append(row)
+                urgent = row.priority <= Priority.ESCALATION
+                if not self.limits.allows(row.chat_id, row.chat_kind, urgent=urgent):
+                    continue
+                self.limits.spend(row.chat_id, row.chat_kind)
+                chosen.append(row)
+            if len(rows) < size:
+                break  # nothing more is due
+            # In priority order, past the urgent rows only the room outside the reserve counts.
+            last = rows[-1]
+            if not self.limits.room(urgent=last.priority <= Priority.ESCALATION):
+                break
+            after = (last.priority, last.id)
+        if held_until:
+            await update_rows(session, _OUTBOX, ("id", "due_at"), held_until)
+        if chosen:
+            # One statement for the rows chosen; the loaded rows say so without a flush.
+            await session.exec(
+                _MARK_SENDING, params={"ids": [row.id for row in chosen], "claimed_at": now}
+            )
+            for row in chosen:
+                set_committed_value(row, "status", "sending")
+                set_committed_value(row, "claimed_at", now)
         return chosen
 
-    async def _stalled_chats(self, session: AsyncSession, now: datetime) -> set[str]:
-        """Chats with a message in flight or waiting out a retry: their next rows wait."""
-        result = await session.exec(
-            select(OutboxMessage.chat_id)
-            .where(OutboxMessage.channel == self.channel)
-            .where(
-                (col(OutboxMessage.status) == "sending")
-                | ((col(OutboxMessage.status) == "pending") & (col(OutboxMessage.hold_until) > now))
+    def _query(self, limited: bool, after: bool) -> Any:
+        key = (limited, after)
+        query = self._queries.get(key)
+        if query is None:
+            query = self._queries[key] = _due_query(
+                self.channel, limited=limited, after=after, sqlite=self.db.is_sqlite
             )
-            .distinct()
-            .limit(5000)
-        )
-        return set(result.all())
+        return query
 
     async def _send_one(self, row: OutboxMessage) -> None:
         try:
@@ -554,18 +639,14 @@ class DeliveryWorker:
     ) -> None:
         now = self.clock.now()
         sent = [
-            {"row_id": row.id, "message_id": outcome.message_id}
+            {"row_id": row.id, "message_id": outcome.message_id, "sent_at": now}
             for row, outcome, _done in batch
             if outcome.status == "sent"
         ]
         if sent:
             # One statement for every row that went out (a row erased with its person while in
             # flight matches nothing).
-            await session.execute(
-                _RECORD_SENT.values(sent_at=now),
-                sent,
-                execution_options={"synchronize_session": False},
-            )
+            await session.execute(_RECORD_SENT, sent, execution_options=_UNSYNCHRONISED)
         for row, outcome, _done in batch:
             if outcome.status != "sent":
                 await self._record(session, row, outcome)
