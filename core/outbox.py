@@ -495,6 +495,9 @@ class DeliveryWorker:
         """Deliver until stopped, sleeping until woken or until the next row can go."""
         await self.release_stale_claims()
         while not self._stopping.is_set():
+            # Cleared before the sweep, not after: a row queued while the sweep reads (and
+            # missed by it) still finds the flag set, instead of waiting out the timeout.
+            self._wake.clear()
             try:
                 sent, wait = await self.deliver_due()
             except Exception:  # keep delivering: a crash here would silence everyone
@@ -502,7 +505,6 @@ class DeliveryWorker:
                 sent, wait = 0, 1.0
             if sent:
                 continue
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout=max(0.01, min(wait, 1.0)))
             except TimeoutError:

@@ -77,7 +77,10 @@ class Rig:
         return elapsed
 
     async def queue(self, *messages: Outbound) -> list[OutboxMessage]:
-        return await self.db.run(lambda s: queue(s, list(messages), self.clock.now()))
+        """Queue ``messages``; the outbox rows that added."""
+        before = {row.id for row in await self.rows()}
+        await self.db.run(lambda s: queue(s, list(messages), self.clock.now()))
+        return [row for row in await self.rows() if row.id not in before]
 
     async def rows(self) -> list[OutboxMessage]:
         async with self.db.session() as session:

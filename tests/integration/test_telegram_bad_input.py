@@ -194,13 +194,13 @@ async def test_a_reply_longer_than_telegram_allows_arrives_in_order_in_parts(
     paragraphs = [f"第{i}段：" + "安心" * 150 for i in range(30)]  # ~9,400 characters
     long_text = "\n".join(paragraphs)
 
-    async def queue_long(session: Any) -> list[OutboxMessage]:
+    async def queue_long(session: Any) -> int:
         message = Outbound("telegram", "7111", long_text, person_id=person.id)
         return await queue(session, [message], bot.clock.now())
 
     rows = await bot.runtime.db.run(queue_long)
     bot.runtime.workers["telegram"].wake()
-    parts = await resident.replies(len(rows))
+    parts = await resident.replies(rows)
     assert len(parts) == 3
     assert all(len(p.plain_text or "") <= 4096 for p in parts)
     assert "\n".join(p.plain_text or "" for p in parts) == long_text
