@@ -29,6 +29,17 @@ def count_transactions(core: Core) -> Counter[str]:
     return counted
 
 
+def update_of(chat: EngineChat, key: str, **fields: Any) -> Inbound:
+    """An update from ``chat``'s person with the update key ``key``."""
+    return Inbound(
+        channel="telegram",
+        external_id=chat.external_id,
+        chat_id=chat.external_id,
+        update_key=key,
+        **fields,
+    )
+
+
 async def onboarded(core: Core, count: int) -> list[EngineChat]:
     chats = [EngineChat(core, external_id=str(2000 + i)) for i in range(count)]
     for chat in chats:
@@ -79,14 +90,7 @@ async def test_a_turn_that_fails_costs_the_others_nothing(
             raise RuntimeError("a bug in one flow")
 
     core.engine.command("flaky", flaky)
-    update = Inbound(
-        channel="telegram",
-        external_id=chats[3].external_id,
-        chat_id=chats[3].external_id,
-        kind=InboundKind.COMMAND,
-        command="flaky",
-        update_key="flaky-1",
-    )
+    update = update_of(chats[3], "flaky-1", kind=InboundKind.COMMAND, command="flaky")
     outcomes = await asyncio.gather(
         *(
             core.engine.handle(update) if i == 3 else chat.text("谢谢")
@@ -110,15 +114,7 @@ async def test_a_turn_that_fails_costs_the_others_nothing(
 async def test_the_same_update_twice_in_one_batch_is_handled_once(core: Core) -> None:
     chats = await onboarded(core, 3)
     first, second = (
-        Inbound(
-            channel="telegram",
-            external_id=chats[1].external_id,
-            chat_id=chats[1].external_id,
-            kind=InboundKind.TEXT,
-            text="你好",
-            update_key="twice-1",
-        )
-        for _ in range(2)
+        update_of(chats[1], "twice-1", kind=InboundKind.TEXT, text="你好") for _ in range(2)
     )
     other = chats[0].text("谢谢")
     results = await asyncio.gather(
