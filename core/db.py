@@ -8,15 +8,13 @@ import functools
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
 import aiosqlite
-from sqlalchemy import Table, event, text
-from sqlalchemy.dialects.postgresql import insert as postgresql_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -242,20 +240,6 @@ class Database:
     async def dispose(self) -> None:
         """Close every pooled connection."""
         await self.engine.dispose()
-
-
-async def insert_if_new(session: AsyncSession, table: Table, values: Mapping[str, Any]) -> bool:
-    """INSERT one row unless its key is taken (``ON CONFLICT DO NOTHING``); True if inserted.
-
-    One statement instead of a read and a write. On PostgreSQL a row another transaction is
-    inserting waits for that transaction, so of two at the same moment exactly one gets True.
-    """
-    connection = await session.connection()
-    dialect = connection.dialect.name
-    build = sqlite_insert if dialect == "sqlite" else postgresql_insert
-    statement = build(table).values(**values).on_conflict_do_nothing()
-    result = await connection.execute(statement)
-    return bool(result.rowcount)
 
 
 def upgrade(url: str, revision: str = "head") -> None:
