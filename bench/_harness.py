@@ -579,19 +579,25 @@ def _child(argv: list[str]) -> None:
         pin_generics()
     if config.get("serialize_sqlite") or os.environ.get("ANXIN_BENCH_SERIALIZE_SQLITE"):
         serialize_sqlite_writes()
+    from bot.cli import run_async
+
+    # Each bot on the event loop it would have in production: Anxin as `anxin run` starts it
+    # (uvloop where installed, ANXIN_EVENT_LOOP), the echo bot as aiohttp's web.run_app does
+    # (the standard loop) unless the run asks for uvloop (--echo-loop uvloop).
+    loop = config.get("event_loop", "auto" if kind == "anxin" else "asyncio")
     if kind == "anxin" and os.environ.get("ANXIN_BENCH_CPROFILE"):
         import cProfile
 
         # Deterministic profile of the whole child (for where the time goes, not for figures:
         # it slows the bot down several times).
         with cProfile.Profile() as profile:
-            asyncio.run(_serve_anxin(config))
+            run_async(_serve_anxin(config), loop)
         profile.dump_stats(os.environ["ANXIN_BENCH_CPROFILE"])
     elif kind == "anxin":
-        asyncio.run(_serve_anxin(config))
+        run_async(_serve_anxin(config), loop)
     elif kind == "echo":
         _printed.add("READY")  # printed once its site listens
-        asyncio.run(_serve_echo(config))
+        run_async(_serve_echo(config), loop)
     else:
         raise SystemExit(f"unknown bot {kind!r}")
 

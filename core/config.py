@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from urllib.parse import urlparse
 
 from pydantic import Field, ValidationError, field_validator, model_validator
@@ -50,6 +50,9 @@ class Settings(BaseSettings):
     locales_dir: Path | None = None
     instruments_dirs: Annotated[list[Path], NoDecode] = Field(default_factory=list)
     log_level: str = "INFO"
+    event_loop: Literal["auto", "uvloop", "asyncio"] = Field(
+        default="auto", description="uvloop where installed (auto), or the standard one"
+    )
 
     @field_validator("admins", mode="before")
     @classmethod

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib.util
 from pathlib import Path
 
 import pytest
 
-from bot.cli import main
+from bot.cli import main, run_async
 from core.config import ConfigError, load_settings, unknown_variables
 from core.sites import SitesError, load_sites
 
@@ -69,6 +71,30 @@ def test_anxin_run_stops_with_one_sentence_when_the_database_is_unreachable(
     err = capsys.readouterr().err.strip()
     assert "cannot reach or upgrade the database" in err and "y@" not in err
     assert len(err.splitlines()) == 1
+
+
+async def _loop_module() -> str:
+    return type(asyncio.get_running_loop()).__module__.split(".")[0]
+
+
+@pytest.mark.parametrize(
+    ("choice", "expected"),
+    [
+        ("auto", "uvloop" if importlib.util.find_spec("uvloop") else "asyncio"),
+        ("asyncio", "asyncio"),
+    ],
+)
+def test_anxin_runs_on_uvloop_where_installed_unless_told(choice: str, expected: str) -> None:
+    assert run_async(_loop_module(), choice) == expected
+
+
+def test_an_unknown_event_loop_is_refused_in_one_sentence(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("ANXIN_EVENT_LOOP", "tokio")
+    assert main(["run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "ANXIN_EVENT_LOOP" in err and len(err.splitlines()) == 1
 
 
 def test_help_lists_the_commands(capsys: pytest.CaptureFixture[str]) -> None:
