@@ -93,19 +93,24 @@ async def queue_many(
 ) -> int:
     """Add ``messages`` to the outbox in the caller's transaction: one INSERT per table.
 
-    Each button becomes a token (16 random URL-safe characters) bound to the message's person
-    (to nobody for a staff button) and to its ``seq_holder``'s ``state_seq`` (else
-    ``state_seq``); a long text is split into parts, the buttons and document going with the
-    last one. The rows go at once with the driver's executemany (``core.bulk``), without ORM
-    objects, so they are in the database before anything the session has not flushed yet;
-    that needs no flush first, since the only foreign key here, a token's person, is a person
-    with an id, which only a flush gives. Their ids are not returned. ``messages`` is read
-    once, so a generator keeps only one message alive at a time (thousands in a check-in
-    sweep). Returns the outbox rows added.
+    Each button becomes a token (``now`` in ms as 12 hex digits, then 16 random URL-safe
+    characters) bound to the message's person (to nobody for a staff button) and to its
+    ``seq_holder``'s ``state_seq`` (else ``state_seq``); a long text is split into parts, the
+    buttons and document going with the last one. The rows go at once with the driver's
+    executemany (``core.bulk``), without ORM objects, so they are in the database before
+    anything the session has not flushed yet; that needs no flush first, since the only foreign
+    key here, a token's person, is a person with an id, which only a flush gives. Their ids are
+    not returned. ``messages`` is read once, so a generator keeps only one message alive at a
+    time (thousands in a check-in sweep). Returns the outbox rows added.
     """
     labels: dict[str, str] = {}  # a label as JSON, for json.dumps(drawn)'s exact text
     # token_urlsafe(12) per button, drawn 64 at a time, then up to 1,024 (12 bytes are 16
-    # characters): a turn draws little, a sweep seldom.
+    # characters): a turn draws little, a sweep seldom. The random part comes after the time
+    # in milliseconds as 12 hex digits, so that new tokens go at the end of the primary key's
+    # index instead of anywhere in it: a 100,000-person check-in sweep (500,000 tokens) took
+    # 17.5 s with random keys and 12.5 s with these (bench (d), SQLite). The time says no more
+    # than the message's own date; the 96 random bits are what make a token unguessable.
+    prefix = f"{int(now.timestamp() * 1000):012x}"
     raw, at, draw = "", 0, 64
     token_rows: list[tuple[object, ...]] = []
     outbox_rows: list[tuple[object, ...]] = []
@@ -119,7 +124,7 @@ async def queue_many(
                     raise ValueError("buttons need a person to bind their tokens to")
                 if at == len(raw):
                     raw, at, draw = secrets.token_urlsafe(12 * draw), 0, min(2 * draw, 1024)
-                token, at = raw[at : at + 16], at + 16
+                token, at = prefix + raw[at : at + 16], at + 16
                 person_id = None if button.scope == "staff" else message.person_id
                 token_rows.append((token, person_id, button.action, button.arg, seq))
                 label = labels.get(button.label)

@@ -311,7 +311,7 @@ async def test_tiers_in_one_query_match_one_at_a_time(core: Core) -> None:
 
 def _shape(row: OutboxMessage, tokens: dict[str, ButtonToken]) -> tuple[Any, ...]:
     """A row with its ids and random tokens replaced by what the tokens mean."""
-    drawn = re.sub(r'"token": "[A-Za-z0-9_-]{16}"', '"token": "T"', row.buttons)
+    drawn = re.sub(r'"token": "[0-9a-f]{12}[A-Za-z0-9_-]{16}"', '"token": "T"', row.buttons)
     meant = [
         (t.person_id, t.action, t.arg, t.state_seq, as_utc(t.created_at))
         for line in json.loads(row.buttons)
@@ -479,7 +479,12 @@ async def test_queue_and_queue_many_write_these_rows_and_tokens(core: Core) -> N
         *("a:one", "a:long", "a:long#1", "a:empty"),
         *("b:one", "b:long", "b:long#1", "b:empty"),
     ]
-    assert len(tokens) == 12 and all(re.fullmatch(r"[A-Za-z0-9_-]{16}", t) for t in tokens)
+    # The time of queueing in ms as 12 hex digits (so new tokens go at the end of the index),
+    # then 16 random characters.
+    stamp = f"{int(NOW.timestamp() * 1000):012x}"
+    assert len(tokens) == 12 and all(
+        re.fullmatch(re.escape(stamp) + r"[A-Za-z0-9_-]{16}", t) for t in tokens
+    )
 
 
 async def test_queue_refuses_a_persons_button_without_a_person(core: Core) -> None:
