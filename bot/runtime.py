@@ -20,8 +20,9 @@ from bot.lease import SchedulerLease
 from bot.telegram.channel import TelegramChannel
 from bot.telegram.delivery import TelegramSender
 from bot.telegram.rooms import TelegramInviteLinks
-from bot.web.app import WEBHOOK_PATH, create_app
+from bot.web.app import create_app
 from bot.web.hub import WebHub
+from bot.web.webhook import WEBHOOK_PATH
 from core import booking, booking_chat, broadcasts, checkins, escalation, reports, rooms, sweeps
 from core.clock import Clock, SystemClock
 from core.config import Settings

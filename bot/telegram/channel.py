@@ -34,7 +34,8 @@ class TelegramChannel:
         self.bot = Bot(token=token, session=session)
         self.engine = engine
         self.staff_chat_id = staff_chat_id
-        self.dispatcher = Dispatcher()
+        # No aiogram FSM: conversation state lives in the database (core), per update.
+        self.dispatcher = Dispatcher(disable_fsm=True)
         self.dispatcher.include_router(self._router())
         self.polling = False
         self._members: dict[str, tuple[float, bool]] = {}

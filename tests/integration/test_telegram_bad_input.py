@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import AsyncIterator
 from typing import Any
 
 from aiohttp import ClientSession
@@ -273,3 +274,36 @@ async def test_a_wrong_or_missing_webhook_secret_is_401_and_stores_nothing(
     assert await bot.count(Person) == 1
     assert await bot.count(InboundSeen) == 1
     assert Priority.REPLY == min(r.priority for r in await bot.outbox(7114))
+
+
+async def test_an_oversized_update_is_413_whether_announced_or_streamed(
+    start_bot: StartBot,
+) -> None:
+    bot = await start_bot("webhook")
+    bot.api.user(7115, started=True)
+    update = start_update(7115, update_id=990_077)
+    update["message"]["text"] = "/start " + "长" * 400_000  # 1.2 MB as UTF-8
+    body = json.dumps(update, ensure_ascii=False).encode()
+    headers = {
+        "Content-Type": "application/json",
+        "X-Telegram-Bot-Api-Secret-Token": WEBHOOK_SECRET,
+    }
+    status, _ = await post_webhook(bot, body, headers)  # with its Content-Length
+    assert status == 413
+
+    async def chunks() -> AsyncIterator[bytes]:  # no Content-Length: read until it is too big
+        for at in range(0, len(body), 64_000):
+            yield body[at : at + 64_000]
+
+    async with ClientSession() as http:
+        async with http.post(bot.webhook_url, data=chunks(), headers=headers) as response:
+            assert response.status == 413
+            assert "content-length" not in {k.lower() for k in response.request_info.headers}
+        async with http.get(bot.webhook_url) as response:
+            assert response.status == 405 and response.headers["Allow"] == "POST"
+    for table in (Person, InboundSeen, OutboxMessage):
+        assert await bot.count(table) == 0
+    # The same person's ordinary update right after is taken.
+    status, answer = await post_webhook(bot, json.dumps(start_update(7115)).encode(), headers)
+    assert (status, answer) == (200, {"ok": True})
+    assert await bot.count(InboundSeen) == 1
