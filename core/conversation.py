@@ -13,7 +13,7 @@ import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 from sqlalchemy import ColumnElement, Select, bindparam
 from sqlalchemy import select as sa_select
@@ -57,6 +57,14 @@ class MenuEntry:
     label_key: str
     action: str
     visible: Callable[[Person, set[Role]], bool] = lambda _p, _r: True
+
+
+class _Waiting(NamedTuple):
+    """An event waiting for its turn (``ConversationEngine.handle``)."""
+
+    inbound: Inbound
+    future: asyncio.Future[HandleResult]
+    urgent: bool
 
 
 @dataclass(frozen=True)
@@ -310,7 +318,10 @@ class ConversationEngine:
         self.group_messages: Callable[[Inbound], Awaitable[HandleResult]] | None = None
         #: Most turns handled together in one transaction (1: each in its own).
         self.batch_turns = 32
-        self._waiting: list[tuple[Inbound, asyncio.Future[HandleResult]]] = []
+        #: Whether a message reads as high risk on its own (without what the bot last asked):
+        #: such turns, and /sos, go before the others waiting, in a batch of their own.
+        self.urgent_text: Callable[[str], bool] | None = None
+        self._waiting: list[_Waiting] = []
         self._draining: asyncio.Task[None] | None = None
         #: Yes/no facts about a person read with the person in each turn's first query, so that
         #: a hook that matters for few people (a booked chat session, a missing check-in plan)
@@ -377,7 +388,7 @@ class ConversationEngine:
         if self.batch_turns <= 1:
             return await self._handle_alone(inbound)
         future: asyncio.Future[HandleResult] = asyncio.get_running_loop().create_future()
-        self._waiting.append((inbound, future))
+        self._waiting.append(_Waiting(inbound, future, self._urgent(inbound)))
         if self._draining is None or self._draining.done():
             self._draining = asyncio.create_task(self._drain())
         return await future
@@ -404,37 +415,66 @@ class ConversationEngine:
         for channel in sorted(channels):
             self.notify(channel)
 
+    def _urgent(self, inbound: Inbound) -> bool:
+        if inbound.kind == InboundKind.COMMAND:
+            return inbound.command in self.always_commands  # /sos
+        return (
+            inbound.kind in (InboundKind.TEXT, InboundKind.EDITED)
+            and self.urgent_text is not None
+            and bool(inbound.text.strip())
+            and self.urgent_text(inbound.text)
+        )
+
+    def _next_batch(self) -> list[_Waiting]:
+        """Take the next batch from what waits: urgent turns first, in a batch of their own.
+
+        Never two events of one person in a batch, and a person's events in the order they
+        came: an urgent event waits for its person's earlier ones like any other.
+        """
+        batch: list[_Waiting] = []
+        later: list[_Waiting] = []
+        people: set[tuple[str, str]] = set()
+        if any(item.urgent for item in self._waiting):
+            for item in self._waiting:
+                who = (item.inbound.channel, item.inbound.external_id)
+                if item.urgent and who not in people and len(batch) < self.batch_turns:
+                    batch.append(item)
+                else:
+                    later.append(item)
+                people.add(who)
+            if batch:
+                self._waiting = later
+                return batch
+            later, people = [], set()
+        for item in self._waiting:
+            who = (item.inbound.channel, item.inbound.external_id)
+            if len(batch) < self.batch_turns and who not in people:
+                people.add(who)
+                batch.append(item)
+            else:  # a person's next event waits for the next batch, in order
+                later.append(item)
+        self._waiting = later
+        return batch
+
     async def _drain(self) -> None:
         """Handle what waits, a batch at a time, until nothing does."""
         while self._waiting:
-            batch: list[tuple[Inbound, asyncio.Future[HandleResult]]] = []
-            later: list[tuple[Inbound, asyncio.Future[HandleResult]]] = []
-            people: set[tuple[str, str]] = set()
-            for item in self._waiting:
-                who = (item[0].channel, item[0].external_id)
-                if len(batch) < self.batch_turns and who not in people:
-                    people.add(who)
-                    batch.append(item)
-                else:  # a person's next event waits for the next batch, in order
-                    later.append(item)
-            self._waiting = later
+            batch = self._next_batch()
             try:
                 await self._handle_batch(batch)
             except BaseException as exc:  # never leave a caller waiting for an answer
-                for _inbound, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                for item in batch:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
                 if not isinstance(exc, Exception):
-                    for _inbound, future in self._waiting:
-                        if not future.done():
-                            future.set_exception(exc)
+                    for item in self._waiting:
+                        if not item.future.done():
+                            item.future.set_exception(exc)
                     self._waiting = []
                     raise
 
-    async def _handle_batch(
-        self, batch: list[tuple[Inbound, asyncio.Future[HandleResult]]]
-    ) -> None:
-        inbounds = [inbound for inbound, _future in batch]
+    async def _handle_batch(self, batch: list[_Waiting]) -> None:
+        inbounds = [item.inbound for item in batch]
         if len(batch) > 1:
             try:
                 results = await self.db.run(lambda session: self._handle_many(session, inbounds))
@@ -443,12 +483,12 @@ class ConversationEngine:
             except Exception:
                 log.warning("a batch of %d turns failed; handling each alone", len(batch))
             else:
-                for (_inbound, future), result in zip(batch, results, strict=True):
-                    if not future.done():
-                        future.set_result(result)
+                for item, result in zip(batch, results, strict=True):
+                    if not item.future.done():
+                        item.future.set_result(result)
                 self._woken(list(zip(inbounds, results, strict=True)))
                 return
-        for inbound, future in batch:
+        for inbound, future, _urgent in batch:
             try:
                 result = await self._handle_alone(inbound)
             except Exception as exc:

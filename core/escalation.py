@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -1252,6 +1252,18 @@ def triage_hook(triage: Any) -> Any:
         return TriageVerdict(signal=to_signal(result), level=result.level)
 
     return read
+
+
+def urgent_reader(triage: Any) -> Callable[[str], bool]:
+    """The engine's ``urgent_text``: whether a message reads as high risk on its own."""
+    from core.triage import TriageContext
+
+    context = TriageContext()
+
+    def urgent(text: str) -> bool:
+        return bool(triage.classify(text, context).level >= RiskLevel.HIGH)
+
+    return urgent
 
 
 def staff_may(roles: set[Role], action: Action) -> bool:

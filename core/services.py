@@ -87,7 +87,9 @@ def build_core(
     )
     broadcasts.register(engine)
     reports.register(engine)
-    engine.triage = escalation.triage_hook(load_triage())
+    triage = load_triage()
+    engine.triage = escalation.triage_hook(triage)
+    engine.urgent_text = escalation.urgent_reader(triage)
     return Core(
         settings=settings, db=db, clock=clock, catalogs=catalogs, sites=sites, engine=engine
     )

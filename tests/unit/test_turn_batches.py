@@ -12,7 +12,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import select
 
 from core.conversation import Turn
-from core.messages import Inbound, InboundKind
+from core.messages import Inbound, InboundKind, Priority
 from core.models import OutboxMessage
 from core.services import Core
 from tests.drivers import EngineChat
@@ -145,3 +145,42 @@ async def test_a_conflict_with_another_process_is_tried_once_more(core: Core) ->
     result = await chat.command("racing")
     assert calls == 2 and not result.duplicate
     assert len(await chat.new_replies()) == 1
+
+
+async def test_high_risk_messages_go_before_the_others_waiting(core: Core) -> None:
+    chats = await onboarded(core, 42)
+    crisis, sos, in_order = chats[40], chats[41], chats[0]
+    for chat in chats:
+        await chat.new_replies()  # onboarding's
+    async with core.db.session() as session:
+        before = max((await session.exec(select(OutboxMessage.id))).all(), default=0) or 0
+    counted = count_transactions(core)
+    await asyncio.gather(
+        in_order.text("你好"),
+        *(chat.text(f"今天有点累 {i}") for i, chat in enumerate(chats[1:40])),
+        in_order.text("我不想活了"),  # waits for the same person's "你好", as it came after it
+        crisis.text("我不想活了"),
+        sos.command("sos"),
+    )
+    async with core.db.session() as session:
+        rows = (
+            await session.exec(
+                select(OutboxMessage).where(OutboxMessage.id > before).order_by(OutboxMessage.id)
+            )
+        ).all()
+    first: dict[str, int] = {}
+    for row in rows:
+        if row.person_id is not None:
+            first.setdefault(row.chat_id, row.id or 0)
+    ordinary = [first[c.external_id] for c in chats[1:40]]
+    # The two urgent turns that waited behind nobody of their own went first, in a batch of
+    # their own, although 40 others arrived before them.
+    assert first[crisis.external_id] < min(ordinary)
+    assert first[sos.external_id] < min(ordinary)
+    assert counted["begin"] >= 3
+    # The resident who wrote "你好" first got its answer first, then the safety answer.
+    mine = [r for r in rows if r.chat_id == in_order.external_id]
+    assert "自动助手" in mine[0].text
+    assert any(r.priority == Priority.CRISIS for r in mine[1:])
+    for chat in (crisis, in_order):
+        assert any(r.priority == Priority.CRISIS for r in rows if r.chat_id == chat.external_id)
