@@ -19,7 +19,7 @@ from aiogram.client.telegram import TelegramAPIServer
 from sqlmodel import col, select
 
 from bot.runtime import TELEGRAM_URGENT_RESERVE
-from bot.telegram.delivery import TelegramSender
+from bot.telegram.delivery import TelegramSender, keyboard
 from core.clock import FakeClock, as_utc
 from core.db import Database
 from core.messages import Button, Outbound, Priority
@@ -293,3 +293,36 @@ async def test_flood_limits_hold_per_chat_and_overall(rig: Rig) -> None:
             assert busy_times[j] - earlier >= (j - i + 1) - 3 - 1e-9
     # Every row went out exactly once.
     assert sorted(Counter(c.params["text"] for c in sends).values()) == [1] * 126
+
+
+async def test_a_keyboard_goes_out_as_aiogram_would_send_it_and_the_message_id_is_kept(
+    rig: Rig, db: Database
+) -> None:
+    [chat] = users(rig, 4711)
+    async with db.session() as session:
+        person = Person(
+            channel="telegram",
+            external_id=str(chat),
+            chat_id=str(chat),
+            case_code="R-KEYB1",
+            created_at=rig.clock.now(),
+            last_seen_at=rig.clock.now(),
+        )
+        session.add(person)
+        await session.commit()
+    buttons = [
+        [Button('很好 "好"', "mood", "5"), Button("差", "mood", "1")],
+        [Button("主菜单", "menu")],
+    ]
+    [row] = await rig.queue(text(chat, "今天心情怎么样？", buttons=buttons, person_id=person.id))
+    await rig.drain()
+    [call] = rig.sends()
+    # The request aiogram's own SendMessage would make with keyboard(): the same fields.
+    expected = keyboard(row.buttons)
+    assert expected is not None
+    assert call.params["reply_markup"] == expected.model_dump(exclude_none=True)
+    assert call.params["text"] == "今天心情怎么样？" and str(call.params["chat_id"]) == str(chat)
+    [message] = rig.api.messages_to(chat)
+    assert [b["text"] for b in message.buttons] == ['很好 "好"', "差", "主菜单"]
+    sent = await rig.row(row.id)
+    assert sent.status == "sent" and sent.platform_message_id == str(message.message_id)
