@@ -93,6 +93,22 @@ class Rig:
             assert row is not None
             return row
 
+    async def person(self, chat: int, case_code: str) -> Person:
+        """A resident of ``chat`` (rows with buttons need a person to bind their tokens to)."""
+        async with self.db.session() as session:
+            person = Person(
+                channel="telegram",
+                external_id=str(chat),
+                chat_id=str(chat),
+                case_code=case_code,
+                created_at=self.clock.now(),
+                last_seen_at=self.clock.now(),
+            )
+            session.add(person)
+            await session.commit()
+            await session.refresh(person)
+            return person
+
     async def open_rows(self) -> int:
         return sum(r.status in ("pending", "sending") for r in await self.rows())
 
@@ -214,17 +230,7 @@ async def test_403_marks_the_chats_rows_blocked_and_the_person_blocked(
     rig: Rig, db: Database
 ) -> None:
     blocked, other = users(rig, 8600, 8601)
-    async with db.session() as session:
-        person = Person(
-            channel="telegram",
-            external_id=str(blocked),
-            chat_id=str(blocked),
-            case_code="R-BLK1",
-            created_at=rig.clock.now(),
-            last_seen_at=rig.clock.now(),
-        )
-        session.add(person)
-        await session.commit()
+    person = await rig.person(blocked, "R-BLK1")
     await rig.queue(*(text(blocked, f"提醒 {i}", Priority.REMINDER) for i in range(3)))
     await rig.queue(text(other, "你好"))
     rig.api.block(blocked)
@@ -241,17 +247,7 @@ async def test_403_marks_the_chats_rows_blocked_and_the_person_blocked(
 
 async def test_a_text_over_4096_characters_arrives_split_in_order(rig: Rig, db: Database) -> None:
     [chat] = users(rig, 8700)
-    async with db.session() as session:
-        person = Person(
-            channel="telegram",
-            external_id=str(chat),
-            chat_id=str(chat),
-            case_code="R-LONG",
-            created_at=rig.clock.now(),
-            last_seen_at=rig.clock.now(),
-        )
-        session.add(person)
-        await session.commit()
+    person = await rig.person(chat, "R-LONG")
     long_text = "\n".join(f"第{i}段：" + "放松呼吸，" * 60 for i in range(35))
     assert len(long_text) > 10_000
     button = [[Button("主菜单", "menu")]]
@@ -299,17 +295,7 @@ async def test_a_keyboard_goes_out_as_aiogram_would_send_it_and_the_message_id_i
     rig: Rig, db: Database
 ) -> None:
     [chat] = users(rig, 4711)
-    async with db.session() as session:
-        person = Person(
-            channel="telegram",
-            external_id=str(chat),
-            chat_id=str(chat),
-            case_code="R-KEYB1",
-            created_at=rig.clock.now(),
-            last_seen_at=rig.clock.now(),
-        )
-        session.add(person)
-        await session.commit()
+    person = await rig.person(chat, "R-KEYB1")
     buttons = [
         [Button('很好 "好"', "mood", "5"), Button("差", "mood", "1")],
         [Button("主菜单", "menu")],
