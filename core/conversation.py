@@ -297,6 +297,8 @@ class ConversationEngine:
         self.untriaged_states: set[str] = set()
         #: Commands that work even while a human holds the conversation.
         self.always_commands: set[str] = {"sos"}
+        #: Commands handled before the other turns waiting (``urgent_text`` for commands).
+        self.urgent_commands: set[str] = {"sos"}
         #: Asks the staff chat whether a platform user is a member (set by the Telegram adapter).
         self.staff_member: Callable[[str, str], Awaitable[bool]] | None = None
         self.triage: TriageHook | None = None
@@ -417,7 +419,7 @@ class ConversationEngine:
 
     def _urgent(self, inbound: Inbound) -> bool:
         if inbound.kind == InboundKind.COMMAND:
-            return inbound.command in self.always_commands  # /sos
+            return inbound.command in self.urgent_commands
         return (
             inbound.kind in (InboundKind.TEXT, InboundKind.EDITED)
             and self.urgent_text is not None
@@ -431,29 +433,28 @@ class ConversationEngine:
         Never two events of one person in a batch, and a person's events in the order they
         came: an urgent event waits for its person's earlier ones like any other.
         """
+        batch = self._take(urgent_only=True) if any(i.urgent for i in self._waiting) else []
+        return batch or self._take(urgent_only=False)
+
+    def _take(self, *, urgent_only: bool) -> list[_Waiting]:
+        """Take up to ``batch_turns`` waiting events (only urgent ones, if so told), at most one
+        of each person, and each person's first waiting event only; the rest wait on."""
         batch: list[_Waiting] = []
         later: list[_Waiting] = []
         people: set[tuple[str, str]] = set()
-        if any(item.urgent for item in self._waiting):
-            for item in self._waiting:
-                who = (item.inbound.channel, item.inbound.external_id)
-                if item.urgent and who not in people and len(batch) < self.batch_turns:
-                    batch.append(item)
-                else:
-                    later.append(item)
-                people.add(who)
-            if batch:
-                self._waiting = later
-                return batch
-            later, people = [], set()
         for item in self._waiting:
             who = (item.inbound.channel, item.inbound.external_id)
-            if len(batch) < self.batch_turns and who not in people:
-                people.add(who)
+            if (
+                (item.urgent or not urgent_only)
+                and who not in people
+                and len(batch) < self.batch_turns
+            ):
                 batch.append(item)
             else:  # a person's next event waits for the next batch, in order
                 later.append(item)
-        self._waiting = later
+            people.add(who)
+        if batch:
+            self._waiting = later
         return batch
 
     async def _drain(self) -> None:
