@@ -237,8 +237,7 @@ class SlidingWindow:
 
     def ready(self, reserve: int = 0) -> bool:
         """Whether one more send fits now, leaving ``reserve`` sends free."""
-        self._forget()
-        return len(self.stamps) < self.limit - reserve
+        return self.free(reserve) > 0
 
     def take(self) -> None:
         """Spend one send."""
